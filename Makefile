@@ -1,0 +1,72 @@
+# django-hookpost: `make demo` shows it working, `make test` runs everything CI runs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON311 := $(shell scripts/find-python 3.11)
+PYTHON312 := $(shell scripts/find-python 3.12)
+VENV := .venv
+VENV6 := .venv-django6
+PY := $(VENV)/bin/python
+PY6 := $(VENV6)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help demo test lint services test-sqlite test-postgresql test-django6 bench format clean
+
+help:
+	@echo "make demo    run the example: capture events and sign them (SQLite, no services)"
+	@echo "make test    lint + the whole suite on SQLite and PostgreSQL (Django 5.2, and 6.x if Python 3.12 exists)"
+	@echo "make bench   benchmarks (capture cost of a 10,000-row delete)"
+
+$(VENV)/.installed: pyproject.toml
+	@test -n "$(PYTHON311)" || { echo "Python 3.11 not found" >&2; exit 1; }
+	$(PYTHON311) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,lint,api,celery]'
+	touch $@
+
+$(VENV6)/.installed: pyproject.toml
+	$(PYTHON312) -m venv $(VENV6)
+	$(PY6) -m pip install --quiet --upgrade pip
+	$(PY6) -m pip install --quiet -e '.[test]' 'Django>=6.0,<7'
+	touch $@
+
+services:
+	@scripts/ensure-services
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+	$(PY) example/manage.py makemigrations --check --dry-run
+
+test-sqlite: $(VENV)/.installed
+	HOOKPOST_DB=sqlite $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-postgresql: $(VENV)/.installed services
+	HOOKPOST_DB=postgresql $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Django 6.x needs Python 3.12+: run the suite there too when such an interpreter exists.
+test-django6: services
+ifneq ($(PYTHON312),)
+	$(MAKE) $(VENV6)/.installed
+	HOOKPOST_DB=sqlite $(VENV6)/bin/pytest $(PYTEST_ARGS)
+	HOOKPOST_DB=postgresql $(VENV6)/bin/pytest $(PYTEST_ARGS)
+else
+	@echo "No Python 3.12 on this machine: skipping the Django 6.x matrix entry"
+endif
+
+test: lint test-sqlite test-postgresql test-django6
+
+demo: $(VENV)/.installed
+	$(PY) example/demo.py
+
+bench: $(VENV)/.installed services
+	$(PY) bench/capture.py
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) $(VENV6) .pytest_cache .mypy_cache .ruff_cache example/db*.sqlite3

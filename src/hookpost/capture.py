@@ -1,0 +1,431 @@
+"""Turn Django signals into event rows, written on the changing connection inside its transaction.
+
+Receivers are connected per registered model (``sender=``), so models nobody
+registered keep Django's fast delete. Nothing here does network I/O.
+
+Bulk deletes: Django's ``Collector`` sends every ``pre_delete`` of a delete
+before the first ``post_delete``, all inside one transaction. ``pre_delete``
+snapshots each instance (while its row, and any deferred column, can still be
+read); the first ``post_delete`` of the same ``(using, origin)`` writes the whole
+batch with multi-row INSERTs; the remaining ``post_delete`` calls only count down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from django.db import DatabaseError, models, router
+from django.db.models.signals import post_delete, post_init, post_save, pre_delete
+from django.dispatch import Signal
+from django.utils import timezone
+
+from hookpost import outbox
+from hookpost.conf import hookpost_settings
+from hookpost.events import (
+    CASCADE_SKIP,
+    M2M_ATTR,
+    ModelSpec,
+    build_envelope,
+    describe_origin,
+    encode,
+    encode_lossy,
+    snapshot,
+    validate_event_type,
+)
+from hookpost.exceptions import PayloadError
+from hookpost.models import Event
+from hookpost.signals import payload_invalid
+
+logger = logging.getLogger("hookpost.capture")
+
+#: Where ``when_changed`` keeps the values an instance was loaded (or last saved) with.
+LOADED_ATTR = "_hookpost_loaded"
+
+PayloadBuilder = Callable[..., Any]
+UsingResolver = Callable[..., str]
+
+
+# --- drafting events --------------------------------------------------------------------------
+
+
+def draft_event(
+    event_type: str,
+    build_data: Callable[[], Any],
+    *,
+    using: str,
+    origin: dict[str, Any] | None = None,
+) -> outbox.EventDraft:
+    """Build and encode an event; a payload problem becomes an invalid event (or raises if STRICT)."""
+    occurred_at = timezone.now()
+    data: Any = None
+    try:
+        data = build_data()
+        payload = encode(build_envelope(event_type, occurred_at, data, origin))
+    except DatabaseError:
+        # The transaction is broken either way; the user must see the database's error.
+        raise
+    except Exception as exc:
+        if hookpost_settings.STRICT:
+            raise
+        error = str(exc) if isinstance(exc, PayloadError) else f"{type(exc).__qualname__}: {exc}"
+        logger.warning("event %s recorded as invalid: %s", event_type, error)
+        payload_invalid.send(sender=Event, event_type=event_type, error=error, using=using)
+        payload = encode_lossy(build_envelope(event_type, occurred_at, data, origin))
+        return outbox.EventDraft(event_type, payload, occurred_at, origin, error)
+    return outbox.EventDraft(event_type, payload, occurred_at, origin)
+
+
+def emit(event_type: str, data: Any, *, using: str | None = None) -> Event:
+    """Write an event for a change Django sends no signal for (``QuerySet.update``, ``bulk_create``).
+
+    The event is written on ``using`` (default: the database router's choice for
+    hookpost's ``Event``), inside the transaction open there. Unlike captured
+    signals, a payload that cannot be encoded raises ``PayloadError`` at once:
+    the caller is right here to fix it.
+    """
+    validate_event_type(event_type)
+    using = using or router.db_for_write(Event)
+    occurred_at = timezone.now()
+    payload = encode(build_envelope(event_type, occurred_at, data))
+    return outbox.record_event(using, outbox.EventDraft(event_type, payload, occurred_at))
+
+
+# --- saves ------------------------------------------------------------------------------------
+
+
+def _remember_loaded(instance: models.Model, spec: ModelSpec) -> None:
+    values = instance.__dict__
+    instance.__dict__[LOADED_ATTR] = {
+        attname: values[attname] for attname in spec.when_changed_attnames if attname in values
+    }
+
+
+def _has_changed(instance: models.Model, spec: ModelSpec, update_fields: frozenset[str] | None) -> bool:
+    if update_fields is not None and not any(
+        name in update_fields or attname in update_fields
+        for name, attname in zip(spec.when_changed, spec.when_changed_attnames, strict=True)
+    ):
+        return False
+    loaded: dict[str, Any] | None = instance.__dict__.get(LOADED_ATTR)
+    if loaded is None:
+        # Built by hand rather than loaded: the previous state is unknown, so say it changed.
+        return True
+    values = instance.__dict__
+    missing = object()
+    return any(
+        attname not in loaded or values.get(attname, missing) != loaded[attname]
+        for attname in spec.when_changed_attnames
+    )
+
+
+def _load_deferred(instance: models.Model, spec: ModelSpec, using: str) -> None:
+    deferred = spec.deferred_attnames(instance)
+    if deferred:
+        names = [name for name, f in spec.concrete if f.attname in deferred]
+        instance.refresh_from_db(using=using, fields=names)
+
+
+def _post_save_receiver(spec: ModelSpec) -> Callable[..., None]:
+    def on_post_save(
+        sender: type[models.Model],
+        instance: models.Model,
+        created: bool,
+        raw: bool,
+        using: str,
+        update_fields: frozenset[str] | None,
+        **kwargs: Any,
+    ) -> None:
+        action = "created" if created else "updated"
+        emits = action in spec.actions and (raw is False or spec.include_raw)
+        if emits and not created and spec.when_changed:
+            emits = _has_changed(instance, spec, update_fields)
+        if spec.when_changed:
+            _remember_loaded(instance, spec)
+        if not emits:
+            return
+        _load_deferred(instance, spec, using)
+        draft = draft_event(spec.event_type(action), lambda: snapshot(instance, spec), using=using)
+        outbox.record_event(using, draft)
+
+    return on_post_save
+
+
+def _post_init_receiver(spec: ModelSpec) -> Callable[..., None]:
+    def on_post_init(sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:
+        # ``_state.adding`` is still True here even for rows loaded by ``from_db``, so
+        # every instance remembers its initial values; a created one is refreshed on save.
+        _remember_loaded(instance, spec)
+
+    return on_post_init
+
+
+# --- deletes ------------------------------------------------------------------------------------
+
+
+class _DeleteBatch:
+    """The events of one ``Collector.delete()`` on one connection, between pre and post phases."""
+
+    __slots__ = ("drafts", "flushed", "links", "loaded", "origin_ref", "outstanding", "seen")
+
+    def __init__(self, origin_ref: weakref.ref[Any]) -> None:
+        self.origin_ref = origin_ref
+        self.drafts: list[outbox.EventDraft] = []
+        self.seen: set[tuple[str, Any]] = set()
+        self.outstanding = 0
+        self.flushed = False
+        # Deferred columns fetched in one query per model: {model: {pk: {attname: value}}}.
+        self.loaded: dict[type[models.Model], dict[Any, dict[str, Any]]] = {}
+        # Many-to-many pks read in one query per field: {model: {field: {pk: [pk, …]}}}.
+        self.links: dict[type[models.Model], dict[str, dict[Any, list[Any]]]] = {}
+
+
+class _BatchState(threading.local):
+    def __init__(self) -> None:
+        self.batches: dict[tuple[str, int], _DeleteBatch] = {}
+
+
+_state = _BatchState()
+
+
+def _batch_for_pre_delete(using: str, origin: object, identity: tuple[str, Any]) -> _DeleteBatch:
+    batches = _state.batches
+    key = (using, id(origin))
+    batch = batches.get(key)
+    if batch is None or batch.flushed or identity in batch.seen or batch.origin_ref() is not origin:
+        # A new delete. A batch left behind here belonged to a delete that failed
+        # before its post phase (its transaction is rolled back): drop it.
+        def forget(ref: weakref.ref[Any], key: tuple[str, int] = key) -> None:
+            stale = batches.get(key)
+            if stale is not None and stale.origin_ref is ref:
+                del batches[key]
+
+        batch = _DeleteBatch(weakref.ref(origin, forget))
+        batches[key] = batch
+    return batch
+
+
+def _preload_for_delete(
+    instance: models.Model, spec: ModelSpec, using: str, origin: object, batch: _DeleteBatch
+) -> None:
+    """Load deferred payload columns and many-to-many pks, in bulk when the origin allows it.
+
+    For ``qs.only("id").delete()`` one query per model reads the columns of every row
+    the delete removes (through the origin queryset), and one per many-to-many field
+    reads their links; otherwise each instance is read alone.
+    """
+    deferred = spec.deferred_attnames(instance)
+    model = type(instance)
+    bulk = isinstance(origin, models.QuerySet) and origin.model is model
+    if deferred:
+        rows = batch.loaded.get(model)
+        if rows is None and bulk:
+            assert isinstance(origin, models.QuerySet)
+            rows = batch.loaded[model] = _fetch_columns(model, spec, using, origin)
+        row = rows.get(instance.pk) if rows else None
+        if row is not None:
+            for attname in deferred:
+                instance.__dict__[attname] = row[attname]
+        else:
+            _load_deferred(instance, spec, using)
+    if spec.many_to_many and bulk and spec.serializer is None:
+        assert isinstance(origin, models.QuerySet)
+        links = batch.links.get(model)
+        if links is None:
+            links = batch.links[model] = _fetch_links(model, spec, using, origin)
+        instance.__dict__[M2M_ATTR] = {name: by_pk.get(instance.pk, []) for name, by_pk in links.items()}
+
+
+def _fetch_columns(
+    model: type[models.Model], spec: ModelSpec, using: str, origin: models.QuerySet[Any]
+) -> dict[Any, dict[str, Any]]:
+    attnames = [f.attname for _, f in spec.concrete]
+    names = [f.name for _, f in spec.concrete]
+    pk_name = model._meta.pk.attname
+    fetched = model._base_manager.using(using).filter(pk__in=origin.values("pk")).values_list(pk_name, *names)
+    return {row[0]: dict(zip(attnames, row[1:], strict=True)) for row in fetched}
+
+
+def _fetch_links(
+    model: type[models.Model], spec: ModelSpec, using: str, origin: models.QuerySet[Any]
+) -> dict[str, dict[Any, list[Any]]]:
+    links: dict[str, dict[Any, list[Any]]] = {}
+    for name in spec.many_to_many:
+        field = model._meta.get_field(name)
+        through = field.remote_field.through  # type: ignore[union-attr]
+        source = field.m2m_field_name()  # type: ignore[union-attr]
+        target = field.m2m_reverse_field_name()  # type: ignore[union-attr]
+        by_pk: dict[Any, list[Any]] = {}
+        pairs = (
+            through._base_manager.using(using)
+            .filter(**{f"{source}__in": origin.values("pk")})
+            .order_by("pk")
+            .values_list(f"{source}_id", f"{target}_id")
+        )
+        for source_pk, target_pk in pairs:
+            by_pk.setdefault(source_pk, []).append(target_pk)
+        links[name] = by_pk
+    return links
+
+
+def _skipped_as_cascade(spec: ModelSpec, instance: models.Model, origin: object) -> bool:
+    if spec.cascade != CASCADE_SKIP:
+        return False
+    described = describe_origin(origin, instance)
+    return bool(described and described["model"] != spec.label)
+
+
+def _pre_delete_receiver(spec: ModelSpec) -> Callable[..., None]:
+    event_type = spec.event_type("deleted")
+
+    def on_pre_delete(
+        sender: type[models.Model],
+        instance: models.Model,
+        using: str,
+        origin: object = None,
+        **kwargs: Any,
+    ) -> None:
+        if _skipped_as_cascade(spec, instance, origin):
+            return
+        described = describe_origin(origin, instance)
+        if origin is None:
+            # Not sent by a Collector (no origin): no batch to join; post_delete writes it alone.
+            _load_deferred(instance, spec, using)
+            instance.__dict__["_hookpost_delete_draft"] = draft_event(
+                event_type, lambda: snapshot(instance, spec), using=using, origin=described
+            )
+            return
+        identity = (spec.label, instance.pk)
+        batch = _batch_for_pre_delete(using, origin, identity)
+        _preload_for_delete(instance, spec, using, origin, batch)
+        batch.drafts.append(
+            draft_event(event_type, lambda: snapshot(instance, spec), using=using, origin=described)
+        )
+        instance.__dict__.pop(M2M_ATTR, None)
+        batch.seen.add(identity)
+        batch.outstanding += 1
+
+    return on_pre_delete
+
+
+def _post_delete_receiver(spec: ModelSpec) -> Callable[..., None]:
+    event_type = spec.event_type("deleted")
+
+    def on_post_delete(
+        sender: type[models.Model],
+        instance: models.Model,
+        using: str,
+        origin: object = None,
+        **kwargs: Any,
+    ) -> None:
+        if _skipped_as_cascade(spec, instance, origin):
+            return
+        batch = _state.batches.get((using, id(origin))) if origin is not None else None
+        if batch is None or batch.origin_ref() is not origin:
+            # No pre_delete was seen for this delete (or it was sent by hand): write it alone,
+            # from what the instance still holds.
+            draft = instance.__dict__.pop("_hookpost_delete_draft", None) or draft_event(
+                event_type,
+                lambda: snapshot(instance, spec),
+                using=using,
+                origin=describe_origin(origin, instance),
+            )
+            outbox.record_event(using, draft)
+            return
+        if not batch.flushed:
+            # First post_delete of the delete: every pre_delete has run, so the batch is complete.
+            outbox.record_events(using, batch.drafts)
+            batch.flushed = True
+            batch.drafts = []
+            batch.loaded = {}
+            batch.links = {}
+        batch.outstanding -= 1
+        if batch.outstanding <= 0:
+            del _state.batches[(using, id(origin))]
+
+    return on_post_delete
+
+
+# --- connecting -----------------------------------------------------------------------------------
+
+
+def _uid(spec: ModelSpec, signal_name: str) -> str:
+    return f"hookpost:{signal_name}:{spec.label}"
+
+
+def connect_model(spec: ModelSpec) -> None:
+    """Connect the receivers ``spec`` needs, to its model only (``sender=``), once each."""
+    model = spec.model
+    if spec.actions & {"created", "updated"}:
+        post_save.connect(
+            _post_save_receiver(spec), sender=model, weak=False, dispatch_uid=_uid(spec, "post_save")
+        )
+    if spec.when_changed and "updated" in spec.actions:
+        post_init.connect(
+            _post_init_receiver(spec), sender=model, weak=False, dispatch_uid=_uid(spec, "post_init")
+        )
+    if "deleted" in spec.actions:
+        pre_delete.connect(
+            _pre_delete_receiver(spec),
+            sender=model,
+            weak=False,
+            dispatch_uid=_uid(spec, "pre_delete"),
+        )
+        post_delete.connect(
+            _post_delete_receiver(spec),
+            sender=model,
+            weak=False,
+            dispatch_uid=_uid(spec, "post_delete"),
+        )
+
+
+def disconnect_model(spec: ModelSpec) -> None:
+    """Disconnect every receiver ``connect_model`` connected for ``spec``."""
+    for name, signal in (
+        ("post_save", post_save),
+        ("post_init", post_init),
+        ("pre_delete", pre_delete),
+        ("post_delete", post_delete),
+    ):
+        signal.disconnect(sender=spec.model, dispatch_uid=_uid(spec, name))
+
+
+# --- custom signals -------------------------------------------------------------------------------
+
+
+def signal_receiver(
+    event_type: str, build_payload: PayloadBuilder, using: str | UsingResolver | None
+) -> Callable[..., None]:
+    """Return a receiver that writes an ``event_type`` event each time its signal is sent."""
+
+    def on_signal(sender: Any, **kwargs: Any) -> None:
+        if callable(using):
+            alias = using(sender, **kwargs)
+        else:
+            alias = using or kwargs.get("using") or router.db_for_write(Event)
+        draft = draft_event(event_type, lambda: build_payload(sender, **kwargs), using=alias)
+        outbox.record_event(alias, draft)
+
+    return on_signal
+
+
+def connect_signal(
+    signal: Signal,
+    event_type: str,
+    build_payload: PayloadBuilder,
+    using: str | UsingResolver | None = None,
+) -> None:
+    """Connect a receiver to ``signal`` that writes an ``event_type`` event."""
+    signal.connect(
+        signal_receiver(event_type, build_payload, using),
+        weak=False,
+        dispatch_uid=f"hookpost:signal:{event_type}",
+    )
+
+
+def disconnect_signal(signal: Signal, event_type: str) -> None:
+    """Undo ``connect_signal``."""
+    signal.disconnect(dispatch_uid=f"hookpost:signal:{event_type}")

@@ -1,0 +1,37 @@
+"""Turn a delivery into the signed HTTP request that carries it."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.utils import timezone
+
+import hookpost
+from hookpost import signing
+from hookpost.models import Endpoint, Event
+from hookpost.transports import Request
+
+USER_AGENT = f"django-hookpost/{hookpost.__version__}"
+
+
+def build_request(event: Event, endpoint: Endpoint, *, now: dt.datetime | None = None) -> Request:
+    """Return the request that delivers ``event`` to ``endpoint``: the exact payload, signed.
+
+    The body is the payload stored at capture, byte for byte. ``webhook-id`` is
+    the event's id, the same on every attempt, so receivers can drop duplicates;
+    the timestamp is the time of this attempt; every secret of the endpoint that
+    is in force (a rotated one during its grace period too) signs it. Custom
+    headers of the endpoint cannot override these.
+    """
+    now = now or timezone.now()
+    body = event.body
+    secrets = endpoint.signing_secrets(now)
+    if not secrets:
+        raise ValueError(f"endpoint {endpoint.pk} has no signing secret; rotate one in")
+    headers = {
+        **endpoint.headers,
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+        **signing.sign_headers(event.id, int(now.timestamp()), body, secrets),
+    }
+    return Request(url=endpoint.url, headers=headers, body=body, msg_id=event.id)

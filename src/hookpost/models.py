@@ -1,0 +1,326 @@
+"""The tables hookpost keeps: endpoints, the event outbox, deliveries and their attempt log."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, ClassVar
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from hookpost import events, signing
+
+
+def validate_type_patterns(value: object) -> None:
+    """Model validator: a list of event types, each of which may hold ``*`` wildcards."""
+    if not isinstance(value, list):
+        raise ValidationError("Give a list of event types, such as ['library.book.*'].")
+    for pattern in value:
+        try:
+            events.validate_type_pattern(pattern)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+
+
+def validate_headers(value: object) -> None:
+    """Model validator: custom headers as a dict of header names to string values."""
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValidationError("Give custom headers as a mapping of names to string values.")
+    reserved = {k for k in value if k.lower().startswith(("webhook-", "svix-")) or k.lower() in _OWN_HEADERS}
+    if reserved:
+        raise ValidationError(f"These headers are set by hookpost: {', '.join(sorted(reserved))}.")
+
+
+_OWN_HEADERS = {"content-type", "content-length", "host", "user-agent"}
+
+
+# --- endpoints --------------------------------------------------------------------------------
+
+
+class EndpointQuerySet(models.QuerySet["Endpoint"]):
+    """Endpoint states by name."""
+
+    def active(self) -> EndpointQuerySet:
+        """Endpoints that receive new deliveries."""
+        return self.filter(status=Endpoint.Status.ACTIVE)
+
+    def paused(self) -> EndpointQuerySet:
+        """Endpoints whose deliveries wait until someone resumes them."""
+        return self.filter(status=Endpoint.Status.PAUSED)
+
+    def disabled(self) -> EndpointQuerySet:
+        """Endpoints switched off, by a person or by hookpost after repeated failure."""
+        return self.filter(status=Endpoint.Status.DISABLED)
+
+    def subscribed_to(self, event_type: str) -> list[Endpoint]:
+        """The endpoints of this queryset whose type patterns match ``event_type``."""
+        return [endpoint for endpoint in self if endpoint.accepts(event_type)]
+
+
+class Endpoint(models.Model):
+    """A URL that receives signed webhooks for the event types it subscribes to."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        PAUSED = "paused", "Paused"
+        DISABLED = "disabled", "Disabled"
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="hookpost_endpoints",
+    )
+    url = models.URLField(max_length=2048, validators=[URLValidator(schemes=["http", "https"])])
+    description = models.CharField(max_length=255, blank=True)
+    event_types = models.JSONField(
+        default=list,
+        validators=[validate_type_patterns],
+        help_text="Event types to receive; '*' matches any run of characters.",
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    status_reason = models.CharField(max_length=255, blank=True)
+    # Each entry: {"key": "whsec_…", "created_at": iso, "expires_at": iso | None}; newest first.
+    secrets = models.JSONField(default=list, editable=False)
+    headers = models.JSONField(default=dict, blank=True, validators=[validate_headers])
+    options = models.JSONField(
+        default=dict, blank=True, help_text="Per-endpoint delivery options (timeouts, retries…)."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects: ClassVar[EndpointQuerySet] = EndpointQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        ordering = ("id",)
+        indexes = (models.Index(fields=("status",), name="hookpost_endpoint_status"),)
+
+    def __str__(self) -> str:
+        return self.url
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Save, giving a new endpoint its first signing secret."""
+        if not self.secrets:
+            self.add_secret()
+        super().save(*args, **kwargs)
+
+    def accepts(self, event_type: str) -> bool:
+        """Tell whether this endpoint subscribes to ``event_type``."""
+        return any(events.type_matches(pattern, event_type) for pattern in self.event_types)
+
+    def add_secret(self, now: dt.datetime | None = None) -> str:
+        """Generate a new primary signing secret, keep it on the instance and return it (unsaved)."""
+        now = now or timezone.now()
+        secret = signing.generate_secret()
+        self.secrets = [
+            {"key": secret, "created_at": now.isoformat(), "expires_at": None},
+            *self.secrets,
+        ]
+        return secret
+
+    def rotate_secret(self, grace: dt.timedelta, now: dt.datetime | None = None) -> str:
+        """Make a new primary secret; older ones keep signing for ``grace``, then stop (unsaved)."""
+        now = now or timezone.now()
+        expires = (now + grace).isoformat()
+        for entry in self.secrets:
+            if entry["expires_at"] is None or entry["expires_at"] > expires:
+                entry["expires_at"] = expires
+        return self.add_secret(now)
+
+    def signing_secrets(self, now: dt.datetime | None = None) -> list[str]:
+        """The secrets that sign a request sent at ``now``: the primary first, then those in grace."""
+        now = now or timezone.now()
+        return [
+            entry["key"]
+            for entry in self.secrets
+            if entry["expires_at"] is None or dt.datetime.fromisoformat(entry["expires_at"]) > now
+        ]
+
+
+# --- the outbox -----------------------------------------------------------------------------
+
+
+class EventQuerySet(models.QuerySet["Event"]):
+    """Event states by name."""
+
+    def valid(self) -> EventQuerySet:
+        """Events whose payload encoded; only these are delivered."""
+        return self.filter(error="")
+
+    def invalid(self) -> EventQuerySet:
+        """Events capture could not encode; kept, with the reason, and never sent."""
+        return self.exclude(error="")
+
+    def awaiting_fan_out(self) -> EventQuerySet:
+        """Valid events not yet turned into deliveries, oldest first."""
+        return self.filter(fanned_out_at__isnull=True, error="").order_by("occurred_at", "id")
+
+
+class Event(models.Model):
+    """One thing that happened, written in the transaction that made it happen; immutable."""
+
+    id = models.CharField(primary_key=True, max_length=40, default=events.new_message_id)
+    type = models.CharField(max_length=events.MAX_TYPE_LENGTH)
+    # The exact JSON sent as the request body: encoded once, at capture, and signed as is.
+    payload = models.TextField()
+    occurred_at = models.DateTimeField()
+    # For deletes: {"model": label, "pk": pk or None, "cascade": bool}; null otherwise.
+    origin = models.JSONField(null=True, blank=True)
+    # Non-empty when the payload could not be encoded: the event is kept and never sent.
+    error = models.TextField(blank=True, default="")
+    # Set by the worker once every delivery of the event exists.
+    fanned_out_at = models.DateTimeField(null=True, blank=True)
+
+    objects: ClassVar[EventQuerySet] = EventQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        ordering = ("-occurred_at", "-id")
+        indexes = (
+            models.Index(
+                fields=("occurred_at", "id"),
+                name="hookpost_event_fanout",
+                condition=Q(fanned_out_at__isnull=True, error=""),
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.id}"
+
+    @property
+    def is_valid(self) -> bool:
+        """Whether the payload encoded and the event can be delivered."""
+        return not self.error
+
+    @property
+    def body(self) -> bytes:
+        """The request body, byte for byte as signed."""
+        return self.payload.encode("utf-8")
+
+
+class DeliveryQuerySet(models.QuerySet["Delivery"]):
+    """Delivery states by name."""
+
+    def pending(self) -> DeliveryQuerySet:
+        """Deliveries that still have an attempt to make, leased or not."""
+        return self.filter(status=Delivery.Status.PENDING)
+
+    def due(self, now: dt.datetime | None = None) -> DeliveryQuerySet:
+        """Pending deliveries whose next attempt time has come and that no live lease holds."""
+        now = now or timezone.now()
+        return self.filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now).filter(
+            Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now)
+        )
+
+    def leased(self, now: dt.datetime | None = None) -> DeliveryQuerySet:
+        """Pending deliveries a worker holds under a lease that has not expired."""
+        return self.filter(status=Delivery.Status.PENDING, lease_expires_at__gt=now or timezone.now())
+
+    def lease_expired(self, now: dt.datetime | None = None) -> DeliveryQuerySet:
+        """Pending deliveries whose worker let the lease run out (it died or stalled)."""
+        return self.filter(status=Delivery.Status.PENDING, lease_expires_at__lte=now or timezone.now())
+
+    def first_attempts(self) -> DeliveryQuerySet:
+        """Deliveries not yet tried (served before retries)."""
+        return self.filter(attempt_count=0)
+
+    def retries(self) -> DeliveryQuerySet:
+        """Deliveries that failed at least once."""
+        return self.filter(attempt_count__gt=0)
+
+    def delivered(self) -> DeliveryQuerySet:
+        """Deliveries the endpoint acknowledged with a 2xx."""
+        return self.filter(status=Delivery.Status.DELIVERED)
+
+    def dead(self) -> DeliveryQuerySet:
+        """Deliveries that used up their attempts."""
+        return self.filter(status=Delivery.Status.DEAD)
+
+    def cancelled(self) -> DeliveryQuerySet:
+        """Deliveries dropped because their endpoint went away or was disabled."""
+        return self.filter(status=Delivery.Status.CANCELLED)
+
+
+class Delivery(models.Model):
+    """One event on its way to one endpoint; every HTTP request for it is an ``Attempt``."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        DEAD = "dead", "Dead"
+        CANCELLED = "cancelled", "Cancelled"
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="deliveries")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempt_count = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    lease_owner = models.CharField(max_length=100, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects: ClassVar[DeliveryQuerySet] = DeliveryQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+        ordering = ("-created_at", "-id")
+        constraints = (
+            models.UniqueConstraint(fields=("event", "endpoint"), name="hookpost_delivery_once_per_endpoint"),
+        )
+        indexes = (
+            # "What is due": pending rows by next attempt time, first attempts first.
+            models.Index(
+                fields=("next_attempt_at", "attempt_count"),
+                name="hookpost_delivery_due",
+                condition=Q(status="pending"),
+            ),
+            models.Index(fields=("endpoint", "status"), name="hookpost_delivery_endpoint"),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.event_id} → endpoint {self.endpoint_id} ({self.status})"
+
+
+class AttemptQuerySet(models.QuerySet["Attempt"]):
+    """Attempt log queries by name."""
+
+    def older_than(self, when: dt.datetime) -> AttemptQuerySet:
+        """Attempts started before ``when`` (what retention prunes)."""
+        return self.filter(started_at__lt=when)
+
+
+class Attempt(models.Model):
+    """One HTTP request made for a delivery, and what came of it."""
+
+    class Verdict(models.TextChoices):
+        DELIVERED = "delivered", "Delivered"
+        RETRY = "retry", "Will retry"
+        GAVE_UP = "gave_up", "Gave up"
+        ENDPOINT_GONE = "endpoint_gone", "Endpoint gone"
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempts")
+    number = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    request_headers = models.JSONField(default=dict)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.TextField(blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    verdict = models.CharField(max_length=16, choices=Verdict.choices)
+
+    objects: ClassVar[AttemptQuerySet] = AttemptQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        ordering = ("-started_at", "-id")
+        indexes = (models.Index(fields=("started_at",), name="hookpost_attempt_started"),)
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of delivery {self.delivery_id}: {self.verdict}"

@@ -1,0 +1,29 @@
+"""Test settings: the example project on SQLite (default) or PostgreSQL (``HOOKPOST_DB=postgresql``).
+
+A second alias, ``other``, holds the same tables so tests can show that an event is
+written on the connection that made the change.
+"""
+
+import os
+
+from example.settings import *  # noqa: F403
+from example.settings import _database
+
+if os.environ.get("HOOKPOST_DB", "sqlite") == "postgresql":
+    DATABASES = {"default": _database(""), "other": _database("_other")}
+    DATABASES["default"]["TEST"] = {"NAME": "test_hookpost"}
+    DATABASES["other"]["TEST"] = {"NAME": "test_hookpost_other"}
+else:
+    # Files, not memory: worker subprocesses must see the same database. One pair per process.
+    _tmp = os.environ.get("TMPDIR", "/tmp")
+    DATABASES = {
+        alias: {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": f"{_tmp}/hookpost-{alias}.sqlite3",
+            "TEST": {"NAME": f"{_tmp}/hookpost-test-{os.getpid()}-{alias}.sqlite3"},
+        }
+        for alias in ("default", "other")
+    }
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+LOGGING = {"version": 1, "disable_existing_loggers": False}
