@@ -21,6 +21,8 @@ else:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": f"{_tmp}/hookpost-{alias}.sqlite3",
             "TEST": {"NAME": f"{_tmp}/hookpost-test-{os.getpid()}-{alias}.sqlite3"},
+            # Writers queue for the lock instead of failing with "database is locked".
+            "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
         }
         for alias in ("default", "other")
     }

@@ -468,9 +468,13 @@ def test_unregistering_disconnects_every_receiver_of_the_model(isolated_registry
     from django.db.models.signals import post_init, post_save
 
     assert pre_delete.has_listeners(Book) and post_init.has_listeners(Book)
+    from library.models import Bestseller
+
+    assert pre_delete.has_listeners(Bestseller)
     isolated_registry.unregister(Book)
     for signal in (pre_delete, post_delete, post_save, post_init):
         assert not signal.has_listeners(Book)
+        assert not signal.has_listeners(Bestseller)
     Book.objects.create(title="t", author=Author.objects.create(name="a")).delete()
     assert types() == ["library.author.created"]
 
@@ -592,3 +596,95 @@ def test_serializer_class_with_data_attribute_is_used_like_a_drf_serializer(isol
     author = Author.objects.create(name="x")
     [event] = outbox()
     assert event["data"] == {"model": "library.author", "pk": author.pk, "fields": {"display": "X"}}
+
+
+# --- batch bookkeeping ----------------------------------------------------------------------
+
+
+def test_a_failed_delete_leaves_no_batch_behind_once_its_origin_is_gone(author_with_books):
+    import gc
+
+    from hookpost import capture
+
+    def fail(sender, instance, **kwargs):
+        raise RuntimeError("pre phase fails")
+
+    pre_delete.connect(fail, sender=Book, dispatch_uid="test-fail-pre")
+    try:
+        with pytest.raises(RuntimeError), transaction.atomic():
+            Book.objects.filter(author=author_with_books).delete()
+    finally:
+        pre_delete.disconnect(sender=Book, dispatch_uid="test-fail-pre")
+    gc.collect()
+    assert capture._state.batches == {}
+
+
+def test_a_completed_delete_leaves_no_batch_behind(author_with_books):
+    from hookpost import capture
+
+    author_with_books.delete()
+    assert capture._state.batches == {}
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+def test_deletes_in_concurrent_threads_each_write_their_own_events():
+    import threading
+
+    authors = [Author.objects.create(name=f"t{i}") for i in range(4)]
+    for author in authors:
+        Book.objects.bulk_create([Book(title=f"{author.name}-{j}", author=author) for j in range(50)])
+    Event.objects.all().delete()
+    barrier = threading.Barrier(len(authors))
+    errors = []
+
+    def delete_books(author):
+        try:
+            barrier.wait()
+            with transaction.atomic():
+                Book.objects.filter(author=author).delete()
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=delete_books, args=(a,)) for a in authors]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    titles = sorted(e["data"]["fields"]["title"] for e in outbox())
+    assert titles == sorted(f"t{i}-{j}" for i in range(4) for j in range(50))
+
+
+# --- proxy models ---------------------------------------------------------------------------
+
+
+def test_changes_made_through_a_proxy_are_events_of_the_registered_model(author_with_books):
+    from library.models import Bestseller
+
+    proxy = Bestseller.objects.create(title="via proxy", author=author_with_books)
+    Bestseller.objects.filter(pk=proxy.pk).delete()
+    events = outbox()
+    assert [e["type"] for e in events] == ["library.book.created", "library.book.deleted"]
+    assert events[1]["data"]["fields"]["title"] == "via proxy"
+
+
+def test_a_registered_proxy_emits_its_own_events_only(isolated_registry, author_with_books):
+    from library.models import Bestseller
+
+    isolated_registry.register(Bestseller, fields=["title"], actions=["deleted"])
+    Bestseller.objects.filter(author=author_with_books).delete()
+    assert set(types()) == {"library.bestseller.deleted"}
+    isolated_registry.unregister(Bestseller)
+    Bestseller.objects.create(title="again", author=author_with_books).delete()
+    assert types()[-2:] == ["library.book.created", "library.book.deleted"]
+
+
+def test_cascade_skip_treats_a_proxy_origin_as_the_same_model(isolated_registry, author_with_books):
+    from library.models import Bestseller
+
+    isolated_registry.unregister(Book)
+    isolated_registry.register(Book, fields=["title"], cascade="skip")
+    Bestseller.objects.filter(author=author_with_books).delete()
+    assert types() == ["library.book.deleted"] * 3

@@ -67,6 +67,8 @@ def _database(name: str) -> dict[str, object]:
     return {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("HOOKPOST_SQLITE_PATH", str(BASE_DIR / f"db{name}.sqlite3")),
+        # Writers (the app and the worker) queue for the lock instead of failing at once.
+        "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
     }
 
 

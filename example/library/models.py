@@ -44,3 +44,10 @@ class Review(models.Model):
 
     def __str__(self) -> str:
         return f"{self.rating}/5"
+
+
+class Bestseller(Book):
+    """A proxy of Book: its saves and deletes are Book events unless it is registered itself."""
+
+    class Meta:
+        proxy = True

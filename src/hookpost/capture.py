@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.db import DatabaseError, models, router
@@ -274,8 +274,13 @@ def _fetch_links(
 def _skipped_as_cascade(spec: ModelSpec, instance: models.Model, origin: object) -> bool:
     if spec.cascade != CASCADE_SKIP:
         return False
-    described = describe_origin(origin, instance)
-    return bool(described and described["model"] != spec.label)
+    if isinstance(origin, models.QuerySet):
+        origin_model: type[models.Model] = origin.model
+    elif isinstance(origin, models.Model):
+        origin_model = type(origin)
+    else:
+        return False
+    return origin_model._meta.concrete_model is not type(instance)._meta.concrete_model
 
 
 def _pre_delete_receiver(spec: ModelSpec) -> Callable[..., None]:
@@ -356,41 +361,36 @@ def _uid(spec: ModelSpec, signal_name: str) -> str:
     return f"hookpost:{signal_name}:{spec.label}"
 
 
-def connect_model(spec: ModelSpec) -> None:
-    """Connect the receivers ``spec`` needs, to its model only (``sender=``), once each."""
-    model = spec.model
+def _receivers(spec: ModelSpec) -> list[tuple[str, Signal, Callable[..., None]]]:
+    wanted: list[tuple[str, Signal, Callable[..., None]]] = []
     if spec.actions & {"created", "updated"}:
-        post_save.connect(
-            _post_save_receiver(spec), sender=model, weak=False, dispatch_uid=_uid(spec, "post_save")
-        )
+        wanted.append(("post_save", post_save, _post_save_receiver(spec)))
     if spec.when_changed and "updated" in spec.actions:
-        post_init.connect(
-            _post_init_receiver(spec), sender=model, weak=False, dispatch_uid=_uid(spec, "post_init")
-        )
+        wanted.append(("post_init", post_init, _post_init_receiver(spec)))
     if "deleted" in spec.actions:
-        pre_delete.connect(
-            _pre_delete_receiver(spec),
-            sender=model,
-            weak=False,
-            dispatch_uid=_uid(spec, "pre_delete"),
-        )
-        post_delete.connect(
-            _post_delete_receiver(spec),
-            sender=model,
-            weak=False,
-            dispatch_uid=_uid(spec, "post_delete"),
-        )
+        wanted.append(("pre_delete", pre_delete, _pre_delete_receiver(spec)))
+        wanted.append(("post_delete", post_delete, _post_delete_receiver(spec)))
+    return wanted
 
 
-def disconnect_model(spec: ModelSpec) -> None:
-    """Disconnect every receiver ``connect_model`` connected for ``spec``."""
-    for name, signal in (
-        ("post_save", post_save),
-        ("post_init", post_init),
-        ("pre_delete", pre_delete),
-        ("post_delete", post_delete),
-    ):
-        signal.disconnect(sender=spec.model, dispatch_uid=_uid(spec, name))
+def connect_model(spec: ModelSpec, senders: Iterable[type[models.Model]]) -> None:
+    """Connect the receivers ``spec`` needs to each of ``senders`` (its model, and its proxies)."""
+    receivers = _receivers(spec)
+    for sender in senders:
+        for name, signal, receiver in receivers:
+            signal.connect(receiver, sender=sender, weak=False, dispatch_uid=_uid(spec, name))
+
+
+def disconnect_model(spec: ModelSpec, senders: Iterable[type[models.Model]]) -> None:
+    """Disconnect every receiver ``connect_model`` connected for ``spec`` from ``senders``."""
+    for sender in senders:
+        for name, signal in (
+            ("post_save", post_save),
+            ("post_init", post_init),
+            ("pre_delete", pre_delete),
+            ("post_delete", post_delete),
+        ):
+            signal.disconnect(sender=sender, dispatch_uid=_uid(spec, name))
 
 
 # --- custom signals -------------------------------------------------------------------------------

@@ -45,6 +45,8 @@ class Registry:
 
     def __init__(self) -> None:
         self._models: dict[type[models.Model], ModelSpec] = {}
+        # The senders each model spec's receivers are connected to: the model and its proxies.
+        self._senders: dict[type[models.Model], tuple[type[models.Model], ...]] = {}
         self._signals: dict[str, SignalSpec] = {}
         # Registrations made before the app registry had loaded every model.
         self._pending: list[tuple[type[models.Model], dict[str, Any]]] = []
@@ -93,7 +95,7 @@ class Registry:
         spec = make_model_spec(model, **options)
         self._check_types_free(spec.event_types, owner=model._meta.label)
         self._models[model] = spec
-        capture.connect_model(spec)
+        self._rewire()
         return spec
 
     def unregister(self, model: type[models.Model]) -> None:
@@ -101,11 +103,30 @@ class Registry:
         spec = self._models.pop(model, None)
         if spec is None:
             raise LookupError(f"{model._meta.label} is not registered for webhooks")
-        capture.disconnect_model(spec)
+        capture.disconnect_model(spec, self._senders.pop(model, ()))
+        self._rewire()
 
     def spec_for(self, model: type[models.Model]) -> ModelSpec | None:
         """The registration of ``model``, if it has one."""
         return self._models.get(model)
+
+    def _wanted_senders(self, model: type[models.Model]) -> tuple[type[models.Model], ...]:
+        # Django sends a proxy instance's signals with the proxy as sender: a row deleted
+        # through a proxy is still a row of the model, unless the proxy has its own registration.
+        proxies = tuple(
+            m for m in apps.get_models() if m._meta.proxy and issubclass(m, model) and m not in self._models
+        )
+        return (model, *proxies)
+
+    def _rewire(self) -> None:
+        """Connect each spec to exactly its wanted senders, after any change of registrations."""
+        for model, spec in self._models.items():
+            wanted = self._wanted_senders(model)
+            current = self._senders.get(model, ())
+            if wanted != current:
+                capture.disconnect_model(spec, [s for s in current if s not in wanted])
+                capture.connect_model(spec, [s for s in wanted if s not in current])
+                self._senders[model] = wanted
 
     @property
     def model_specs(self) -> list[ModelSpec]:
@@ -194,16 +215,18 @@ class Registry:
     def isolated(self) -> Iterator[Registry]:
         """Let a block register and unregister freely; restore the previous registrations after."""
         saved_models, saved_signals = dict(self._models), dict(self._signals)
+        saved_senders = dict(self._senders)
         try:
             yield self
         finally:
-            for spec in list(self._models.values()):
-                capture.disconnect_model(spec)
+            for model, spec in list(self._models.items()):
+                capture.disconnect_model(spec, self._senders.get(model, ()))
             for sspec in list(self._signals.values()):
                 capture.disconnect_signal(sspec.signal, sspec.event_type)
             self._models, self._signals = saved_models, saved_signals
-            for spec in self._models.values():
-                capture.connect_model(spec)
+            self._senders = saved_senders
+            for model, spec in self._models.items():
+                capture.connect_model(spec, self._senders[model])
             for sspec in self._signals.values():
                 capture.connect_signal(sspec.signal, sspec.event_type, sspec.payload, sspec.using)
 
