@@ -440,9 +440,15 @@ def test_bulk_delete_of_1000_rows_writes_1000_events_in_a_handful_of_inserts():
     with CaptureQueriesContext(connection) as queries:
         deleted, _ = Book.objects.all().delete()
     assert deleted == 1000
-    inserts = [q for q in queries if q["sql"].startswith("INSERT") and "hookpost_event" in q["sql"]]
+    # SQLite: one prepared INSERT run by executemany; PostgreSQL: one COPY. Django logs either
+    # as a single statement; a row-at-a-time capture would log 1,000.
+    writes = [
+        q["sql"]
+        for q in queries
+        if "hookpost_event" in q["sql"] and q["sql"].split(": ")[-1].startswith(("INSERT", "COPY"))
+    ]
     assert Event.objects.filter(type="library.book.deleted").count() == 1000
-    assert 1 <= len(inserts) <= 10, len(inserts)
+    assert 1 <= len(writes) <= 5, writes
     assert len({e["data"]["pk"] for e in outbox()}) == 1000
 
 

@@ -135,3 +135,56 @@ def test_describe_origin_tells_direct_from_cascaded_deletes():
     }
     assert events.describe_origin(Author.objects.all(), book)["cascade"] is True
     assert events.describe_origin(None, book) is None
+
+
+def test_ids_made_in_bulk_keep_growing_across_calls():
+    first = events.new_message_ids(3000)
+    second = events.new_message_ids(3000)
+    both = first + second
+    assert both == sorted(both)
+    assert len(set(both)) == 6000
+
+
+def test_id_digits_encode_the_creation_time_in_milliseconds():
+    import time
+
+    before = time.time_ns() // 1_000_000
+    msg_id = events.new_message_id()
+    after = time.time_ns() // 1_000_000
+    value = 0
+    for digit in msg_id[4:]:
+        value = value * 32 + "0123456789abcdefghjkmnpqrstvwxyz".index(digit)
+    assert before <= (value >> 2) >> 80 <= after
+
+
+def test_frame_encodes_exactly_what_the_envelope_encodes():
+    when = dt.datetime(2026, 11, 23, 20, 0, 1, 5, tzinfo=dt.UTC)
+    origin = {"model": "library.author", "pk": 3, "cascade": True}
+    data = {"model": "library.book", "pk": 1, "fields": {"title": 'quote " and ☃'}}
+    for frame_origin in (None, origin):
+        frame = events.Frame.build("library.book.deleted", when, frame_origin)
+        expected = events.encode(events.build_envelope("library.book.deleted", when, data, frame_origin))
+        assert frame.encode(data) == expected
+        assert json.loads(frame.encode(data)) == frame.envelope(data)
+
+
+def test_circular_data_is_a_payload_error_not_a_crash():
+    data: dict[str, object] = {"a": 1}
+    data["self"] = data
+    with pytest.raises(PayloadError, match="circular"):
+        events.encode_data(data)
+
+
+def test_snapshot_converts_values_of_unexpected_types_leniently(isolated_registry):
+    isolated_registry.unregister(Book)
+    spec = isolated_registry.register(Book, fields=["title", "price", "published", "uid", "cover"])
+    book = Book(title="t", price="9.99", published=dt.datetime(2026, 1, 2, 3, 4, tzinfo=dt.UTC))
+    book.uid = "not-a-uuid-object"
+    fields = events.snapshot(book, spec)["fields"]
+    assert fields == {
+        "title": "t",
+        "price": "9.99",
+        "published": "2026-01-02",  # a DateField stores the date: so does the payload
+        "uid": "not-a-uuid-object",
+        "cover": None,
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -10,6 +11,7 @@ from django.utils import timezone
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 import hookpost
+from hookpost import events as events_module
 from hookpost import signing
 from hookpost.delivery import USER_AGENT, build_request
 from hookpost.models import Attempt, Delivery, Endpoint, Event
@@ -244,3 +246,27 @@ def test_an_endpoint_without_secrets_cannot_build_a_request():
     ]
     with pytest.raises(ValueError, match="no signing secret"):
         build_request(Event.objects.get(), endpoint, now=NOW)
+
+
+# --- outbox writers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("writer", ["native", "orm"])
+def test_bulk_writers_store_the_same_rows_the_orm_would(writer):
+    from django.db import connection
+
+    from hookpost import outbox
+
+    origin = {"model": "library.author", "pk": 1, "cascade": True}
+    drafts = [
+        outbox.EventDraft(f"a.b{i}", f'{{"n":{i}}}', NOW, origin, json.dumps(origin)) for i in range(3)
+    ] + [outbox.EventDraft("a.c", "{}", NOW, None, None, "broken")]
+    if writer == "native":
+        outbox.record_events("default", drafts)
+    else:
+        outbox._write_with_orm(connection, events_module.new_message_ids(4), drafts)
+    rows = list(Event.objects.order_by("id"))
+    assert [(e.type, e.payload, e.occurred_at, e.origin, e.error) for e in rows] == [
+        (f"a.b{i}", f'{{"n":{i}}}', NOW, origin, "") for i in range(3)
+    ] + [("a.c", "{}", NOW, None, "broken")]
+    assert [e.type for e in Event.objects.awaiting_fan_out()] == ["a.b0", "a.b1", "a.b2"]

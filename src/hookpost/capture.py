@@ -28,11 +28,11 @@ from hookpost.conf import hookpost_settings
 from hookpost.events import (
     CASCADE_SKIP,
     M2M_ATTR,
+    Frame,
     ModelSpec,
-    build_envelope,
     describe_origin,
-    encode,
     encode_lossy,
+    is_cascade,
     snapshot,
     validate_event_type,
 )
@@ -52,19 +52,12 @@ UsingResolver = Callable[..., str]
 # --- drafting events --------------------------------------------------------------------------
 
 
-def draft_event(
-    event_type: str,
-    build_data: Callable[[], Any],
-    *,
-    using: str,
-    origin: dict[str, Any] | None = None,
-) -> outbox.EventDraft:
+def draft_event(frame: Frame, build_data: Callable[[], Any], *, using: str) -> outbox.EventDraft:
     """Build and encode an event; a payload problem becomes an invalid event (or raises if STRICT)."""
-    occurred_at = timezone.now()
     data: Any = None
     try:
         data = build_data()
-        payload = encode(build_envelope(event_type, occurred_at, data, origin))
+        payload = frame.encode(data)
     except DatabaseError:
         # The transaction is broken either way; the user must see the database's error.
         raise
@@ -72,11 +65,23 @@ def draft_event(
         if hookpost_settings.STRICT:
             raise
         error = str(exc) if isinstance(exc, PayloadError) else f"{type(exc).__qualname__}: {exc}"
-        logger.warning("event %s recorded as invalid: %s", event_type, error)
-        payload_invalid.send(sender=Event, event_type=event_type, error=error, using=using)
-        payload = encode_lossy(build_envelope(event_type, occurred_at, data, origin))
-        return outbox.EventDraft(event_type, payload, occurred_at, origin, error)
-    return outbox.EventDraft(event_type, payload, occurred_at, origin)
+        logger.warning("event %s recorded as invalid: %s", frame.event_type, error)
+        payload_invalid.send(sender=Event, event_type=frame.event_type, error=error, using=using)
+        payload = encode_lossy(frame.envelope(data))
+        return outbox.EventDraft(
+            frame.event_type, payload, frame.occurred_at, frame.origin, frame.origin_json, error
+        )
+    return outbox.EventDraft(frame.event_type, payload, frame.occurred_at, frame.origin, frame.origin_json)
+
+
+def _draft_now(
+    event_type: str,
+    build_data: Callable[[], Any],
+    *,
+    using: str,
+    origin: dict[str, Any] | None = None,
+) -> outbox.EventDraft:
+    return draft_event(Frame.build(event_type, timezone.now(), origin), build_data, using=using)
 
 
 def emit(event_type: str, data: Any, *, using: str | None = None) -> Event:
@@ -89,9 +94,8 @@ def emit(event_type: str, data: Any, *, using: str | None = None) -> Event:
     """
     validate_event_type(event_type)
     using = using or router.db_for_write(Event)
-    occurred_at = timezone.now()
-    payload = encode(build_envelope(event_type, occurred_at, data))
-    return outbox.record_event(using, outbox.EventDraft(event_type, payload, occurred_at))
+    frame = Frame.build(event_type, timezone.now())
+    return outbox.record_event(using, outbox.EventDraft(event_type, frame.encode(data), frame.occurred_at))
 
 
 # --- saves ------------------------------------------------------------------------------------
@@ -148,7 +152,7 @@ def _post_save_receiver(spec: ModelSpec) -> Callable[..., None]:
         if not emits:
             return
         _load_deferred(instance, spec, using)
-        draft = draft_event(spec.event_type(action), lambda: snapshot(instance, spec), using=using)
+        draft = _draft_now(spec.event_type(action), lambda: snapshot(instance, spec), using=using)
         outbox.record_event(using, draft)
 
     return on_post_save
@@ -169,10 +173,24 @@ def _post_init_receiver(spec: ModelSpec) -> Callable[..., None]:
 class _DeleteBatch:
     """The events of one ``Collector.delete()`` on one connection, between pre and post phases."""
 
-    __slots__ = ("drafts", "flushed", "links", "loaded", "origin_ref", "outstanding", "seen")
+    __slots__ = (
+        "drafts",
+        "flushed",
+        "frames",
+        "links",
+        "loaded",
+        "occurred_at",
+        "origin_ref",
+        "outstanding",
+        "seen",
+    )
 
     def __init__(self, origin_ref: weakref.ref[Any]) -> None:
         self.origin_ref = origin_ref
+        # One delete happens at one moment: its events share a timestamp.
+        self.occurred_at = timezone.now()
+        # Envelope frames, encoded once per (model, cascaded or not).
+        self.frames: dict[tuple[type[models.Model], bool], Frame] = {}
         self.drafts: list[outbox.EventDraft] = []
         self.seen: set[tuple[str, Any]] = set()
         self.outstanding = 0
@@ -295,20 +313,23 @@ def _pre_delete_receiver(spec: ModelSpec) -> Callable[..., None]:
     ) -> None:
         if _skipped_as_cascade(spec, instance, origin):
             return
-        described = describe_origin(origin, instance)
         if origin is None:
             # Not sent by a Collector (no origin): no batch to join; post_delete writes it alone.
             _load_deferred(instance, spec, using)
-            instance.__dict__["_hookpost_delete_draft"] = draft_event(
-                event_type, lambda: snapshot(instance, spec), using=using, origin=described
+            instance.__dict__["_hookpost_delete_draft"] = _draft_now(
+                event_type, lambda: snapshot(instance, spec), using=using
             )
             return
         identity = (spec.label, instance.pk)
         batch = _batch_for_pre_delete(using, origin, identity)
         _preload_for_delete(instance, spec, using, origin, batch)
-        batch.drafts.append(
-            draft_event(event_type, lambda: snapshot(instance, spec), using=using, origin=described)
-        )
+        key = (type(instance), is_cascade(origin, instance))
+        frame = batch.frames.get(key)
+        if frame is None:
+            frame = batch.frames[key] = Frame.build(
+                event_type, batch.occurred_at, describe_origin(origin, instance)
+            )
+        batch.drafts.append(draft_event(frame, lambda: snapshot(instance, spec), using=using))
         instance.__dict__.pop(M2M_ATTR, None)
         batch.seen.add(identity)
         batch.outstanding += 1
@@ -332,7 +353,7 @@ def _post_delete_receiver(spec: ModelSpec) -> Callable[..., None]:
         if batch is None or batch.origin_ref() is not origin:
             # No pre_delete was seen for this delete (or it was sent by hand): write it alone,
             # from what the instance still holds.
-            draft = instance.__dict__.pop("_hookpost_delete_draft", None) or draft_event(
+            draft = instance.__dict__.pop("_hookpost_delete_draft", None) or _draft_now(
                 event_type,
                 lambda: snapshot(instance, spec),
                 using=using,
@@ -347,6 +368,7 @@ def _post_delete_receiver(spec: ModelSpec) -> Callable[..., None]:
             batch.drafts = []
             batch.loaded = {}
             batch.links = {}
+            batch.frames = {}
         batch.outstanding -= 1
         if batch.outstanding <= 0:
             del _state.batches[(using, id(origin))]
@@ -406,7 +428,7 @@ def signal_receiver(
             alias = using(sender, **kwargs)
         else:
             alias = using or kwargs.get("using") or router.db_for_write(Event)
-        draft = draft_event(event_type, lambda: build_payload(sender, **kwargs), using=alias)
+        draft = _draft_now(event_type, lambda: build_payload(sender, **kwargs), using=alias)
         outbox.record_event(alias, draft)
 
     return on_signal

@@ -85,32 +85,45 @@ def type_matches(pattern: str, event_type: str) -> bool:
 
 # --- message ids ----------------------------------------------------------------------------
 
+# Two base32 digits per 10 bits, in an alphabet in ASCII order (Crockford's, lower case),
+# so equal-length ids sort as their numbers do.
 _CROCKFORD: Final = "0123456789abcdefghjkmnpqrstvwxyz"
-
-
+_DIGIT_PAIRS: Final = [a + b for a in _CROCKFORD for b in _CROCKFORD]
+_SHIFTS: Final = tuple(range(120, -1, -10))
 _id_lock = threading.Lock()
 _last_id = 0
 
 
-def new_message_id() -> str:
-    """Return a new ``msg_`` id: 48 bits of milliseconds then 80 random bits, base32, time-sortable.
+def new_message_ids(count: int) -> list[str]:
+    """Return ``count`` new ``msg_`` ids: 48 bits of milliseconds then 80 random bits, in base32.
 
-    Within a process ids only grow (a second id in the same millisecond is the
-    previous one plus one), so id order is creation order there. Time order also
-    keeps primary-key inserts at the right edge of the index. The alphabet has
-    no dots, as Standard Webhooks requires of ``webhook-id``.
+    Within a process ids only grow (an id drawn lower than the previous one in the
+    same millisecond becomes the previous one plus one), so id order is creation
+    order there. Time order also keeps primary-key inserts at the right edge of the
+    index. The alphabet has no dots, as Standard Webhooks requires of ``webhook-id``.
     """
     global _last_id
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    base = (time.time_ns() // 1_000_000) << 80
+    noise = os.urandom(10 * count)
+    pairs = _DIGIT_PAIRS
+    ids = []
     with _id_lock:
-        if value <= _last_id:
-            value = _last_id + 1
-        _last_id = value
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "msg_" + "".join(reversed(chars))
+        last = _last_id
+        for start in range(0, 10 * count, 10):
+            value = base | int.from_bytes(noise[start : start + 10], "big")
+            if value <= last:
+                value = last + 1
+            last = value
+            # 128 bits, shifted to 130, make 26 digits: 13 pairs of 10 bits.
+            shifted = value << 2
+            ids.append("msg_" + "".join([pairs[(shifted >> shift) & 1023] for shift in _SHIFTS]))
+        _last_id = last
+    return ids
+
+
+def new_message_id() -> str:
+    """Return one new ``msg_`` id (see ``new_message_ids``)."""
+    return new_message_ids(1)[0]
 
 
 # --- JSON encoding ------------------------------------------------------------------------------
@@ -153,22 +166,55 @@ def _default(value: object) -> Any:
     raise _Unencodable(value)
 
 
+_JSON_NATIVE: Final = frozenset({str, int, float, bool, type(None)})
+
+
+def _lenient(value: object) -> Any:
+    """Convert what the encoder can take; leave the rest for the encoder to name in its error."""
+    try:
+        return _default(value)
+    except _Unencodable:
+        return value
+
+
+def _typed(kind: type, convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def converter(value: Any) -> Any:
+        return convert(value) if isinstance(value, kind) else _lenient(value)
+
+    return converter
+
+
+def _converter_for(model_field: models.Field[Any, Any]) -> Callable[[Any], Any]:
+    """The converter for values of ``model_field``: a direct one for common types, else lenient."""
+    if isinstance(model_field, models.DecimalField):
+        return _typed(decimal.Decimal, str)
+    if isinstance(model_field, models.UUIDField):
+        return _typed(uuid.UUID, str)
+    if isinstance(model_field, models.DateTimeField):
+        return _typed(dt.datetime, format_datetime)
+    if isinstance(model_field, models.DateField):
+        return _typed(dt.date, dt.date.isoformat)
+    return _lenient
+
+
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_default)
 
 
-def _find_unencodable(value: object, path: str) -> str:
+def _find_unencodable(value: object, path: str, depth: int = 0) -> str:
     """Return the path of the first value inside ``value`` that the encoder refuses."""
+    if depth > 100:
+        return f"{path} (nested too deep, or circular)"
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str | int | float | bool) and key is not None:
                 return f"{path}[{key!r}] (key)"
-            found = _find_unencodable(item, f"{path}.{key}")
+            found = _find_unencodable(item, f"{path}.{key}", depth + 1)
             if found:
                 return found
         return ""
     if isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            found = _find_unencodable(item, f"{path}[{index}]")
+            found = _find_unencodable(item, f"{path}[{index}]", depth + 1)
             if found:
                 return found
         return ""
@@ -203,6 +249,65 @@ def _lossy_default(value: object) -> Any:
         return _default(value)
     except _Unencodable:
         return repr(value)
+
+
+# The C encoder, made once: ``JSONEncoder.encode`` builds a new one on every call, which
+# costs as much as encoding a small object. No circular-reference markers: a cycle ends in
+# RecursionError, reported like any other unencodable payload.
+_c_encoder = (
+    json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None, _default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+    if json.encoder.c_make_encoder is not None  # type: ignore[attr-defined]
+    else None
+)
+
+
+def _encode_compact(value: Any) -> str:
+    if _c_encoder is None:  # pragma: no cover - CPython always has the C encoder
+        return _encoder.encode(value)
+    return "".join(_c_encoder(value, 0))
+
+
+def encode_data(data: Any) -> str:
+    """Encode an event's ``data`` as compact JSON, or raise ``PayloadError`` naming the path."""
+    try:
+        return _encode_compact(data)
+    except (_Unencodable, TypeError, ValueError, RecursionError) as exc:
+        path = _find_unencodable(data, "data") or "data"
+        offending: object = exc.value if isinstance(exc, _Unencodable) else None
+        raise PayloadError(path, offending) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """Everything in an envelope but ``data``, encoded once and shared by the events of a batch."""
+
+    event_type: str
+    occurred_at: dt.datetime
+    origin: dict[str, Any] | None
+    origin_json: str | None
+    head: str
+    tail: str
+
+    @classmethod
+    def build(cls, event_type: str, occurred_at: dt.datetime, origin: dict[str, Any] | None = None) -> Frame:
+        """Pre-encode the parts around ``data``, in the key order of ``build_envelope``."""
+        origin_json = None if origin is None else encode(origin)
+        head = (
+            f'{{"type":{json.dumps(event_type)},'
+            f'"timestamp":{json.dumps(format_datetime(occurred_at))},"data":'
+        )
+        tail = "}" if origin_json is None else f',"origin":{origin_json}}}'
+        return cls(event_type, occurred_at, origin, origin_json, head, tail)
+
+    def encode(self, data: Any) -> str:
+        """The envelope around ``data``, as compact JSON (``PayloadError`` if ``data`` cannot be)."""
+        return self.head + encode_data(data) + self.tail
+
+    def envelope(self, data: Any) -> dict[str, Any]:
+        """The envelope around ``data``, as a dict."""
+        return build_envelope(self.event_type, self.occurred_at, data, self.origin)
 
 
 def build_envelope(
@@ -242,6 +347,9 @@ class ModelSpec:
     many_to_many: tuple[str, ...] = field(default=(), repr=False)
     when_changed_attnames: tuple[str, ...] = field(default=(), repr=False)
     file_fields: tuple[str, ...] = field(default=(), repr=False)
+    concrete_attnames: frozenset[str] = field(default=frozenset(), repr=False)
+    # (payload key, attname, converter to a JSON type) per concrete field.
+    readers: tuple[tuple[str, str, Callable[[Any], Any]], ...] = field(default=(), repr=False)
 
     @property
     def label(self) -> str:
@@ -259,9 +367,9 @@ class ModelSpec:
 
     def deferred_attnames(self, instance: models.Model) -> set[str]:
         """The payload fields that ``instance`` has not loaded (from ``only()``/``defer()``)."""
-        if not self.concrete:
-            return set()
         loaded = instance.__dict__
+        if loaded.keys() >= self.concrete_attnames:
+            return set()
         return {f.attname for _, f in self.concrete if f.attname not in loaded}
 
 
@@ -319,6 +427,8 @@ def make_model_spec(
         many_to_many=tuple(m2m),
         when_changed_attnames=changed,
         file_fields=tuple(f.name for f in concrete_fields if isinstance(f, models.FileField)),
+        concrete_attnames=frozenset(f.attname for f in concrete_fields),
+        readers=tuple((f.name, f.attname, _converter_for(f)) for f in concrete_fields),
     )
 
 
@@ -432,8 +542,13 @@ def snapshot(instance: models.Model, spec: ModelSpec) -> dict[str, Any]:
     else:
         values = instance.__dict__
         fields = {}
-        for name, f in spec.concrete:
-            fields[name] = values[f.attname]
+        for name, attname, convert in spec.readers:
+            value = values[attname]
+            if value.__class__ not in _JSON_NATIVE:
+                # Converting here, with a converter picked for the field, is cheaper than the
+                # encoder's ``default`` hook trying each type in turn.
+                value = convert(value)
+            fields[name] = value
         for name in spec.file_fields:
             # A FieldFile once saved, the raw name when read from the database: send the name.
             value = fields[name]
@@ -456,16 +571,30 @@ def _many_to_many_pks(instance: models.Model, name: str) -> list[Any]:
     return list(getattr(instance, name).values_list("pk", flat=True))
 
 
+def is_cascade(origin: object, instance: models.Model) -> bool:
+    """Whether a delete of ``instance`` started elsewhere: at another model, or another row."""
+    if isinstance(origin, models.QuerySet):
+        return origin.model._meta.concrete_model is not type(instance)._meta.concrete_model
+    if isinstance(origin, models.Model):
+        return (
+            type(origin)._meta.concrete_model is not type(instance)._meta.concrete_model
+            or origin.pk != instance.pk
+        )
+    return False
+
+
 def describe_origin(origin: object, instance: models.Model) -> dict[str, Any] | None:
     """Describe what a delete started from: model label, pk (None for a queryset) and ``cascade``."""
     if isinstance(origin, models.Model):
-        model: type[models.Model] = type(origin)
-        pk = origin.pk
-        cascade = model._meta.concrete_model is not type(instance)._meta.concrete_model or (pk != instance.pk)
-    elif isinstance(origin, models.QuerySet):
-        model = origin.model
-        pk = None
-        cascade = model._meta.concrete_model is not type(instance)._meta.concrete_model
-    else:
-        return None
-    return {"model": model._meta.label_lower, "pk": pk, "cascade": cascade}
+        return {
+            "model": type(origin)._meta.label_lower,
+            "pk": origin.pk,
+            "cascade": is_cascade(origin, instance),
+        }
+    if isinstance(origin, models.QuerySet):
+        return {
+            "model": origin.model._meta.label_lower,
+            "pk": None,
+            "cascade": is_cascade(origin, instance),
+        }
+    return None
