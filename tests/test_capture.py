@@ -694,3 +694,35 @@ def test_cascade_skip_treats_a_proxy_origin_as_the_same_model(isolated_registry,
     isolated_registry.register(Book, fields=["title"], cascade="skip")
     Bestseller.objects.filter(author=author_with_books).delete()
     assert types() == ["library.book.deleted"] * 3
+
+
+def test_cascaded_delete_reads_many_to_many_links_in_one_query_not_one_per_row():
+    author = Author.objects.create(name="prolific")
+    tags = [Tag.objects.create(name=f"t{i}") for i in range(3)]
+    books = Book.objects.bulk_create([Book(title=f"b{i}", author=author) for i in range(40)])
+    for i, book in enumerate(books):
+        book.tags.set(tags[: i % 4])
+    expected = {b.pk: sorted(t.pk for t in tags[: i % 4]) for i, b in enumerate(books)}
+    Event.objects.all().delete()
+    with CaptureQueriesContext(connection) as queries:
+        author.delete()
+    link_reads = [
+        q["sql"] for q in queries if q["sql"].startswith("SELECT") and "library_book_tags" in q["sql"]
+    ]
+    assert len(link_reads) == 1, link_reads
+    got = {
+        e["data"]["pk"]: sorted(e["data"]["fields"]["tags"])
+        for e in outbox()
+        if e["type"] == "library.book.deleted"
+    }
+    assert got == expected
+
+
+def test_a_deleted_instance_reads_its_own_links():
+    book = Book.objects.create(title="solo", author=Author.objects.create(name="a"))
+    book.tags.set([Tag.objects.create(name="x")])
+    Event.objects.all().delete()
+    tag_pk = Tag.objects.get().pk
+    book.delete()
+    [event] = [e for e in outbox() if e["type"] == "library.book.deleted"]
+    assert event["data"]["fields"]["tags"] == [tag_pk]

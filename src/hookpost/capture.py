@@ -182,6 +182,7 @@ class _DeleteBatch:
         "occurred_at",
         "origin_ref",
         "outstanding",
+        "scopes",
         "seen",
     )
 
@@ -199,6 +200,8 @@ class _DeleteBatch:
         self.loaded: dict[type[models.Model], dict[Any, dict[str, Any]]] = {}
         # Many-to-many pks read in one query per field: {model: {field: {pk: [pk, …]}}}.
         self.links: dict[type[models.Model], dict[str, dict[Any, list[Any]]]] = {}
+        # Per model, a query naming the rows the delete removes, or None (read one by one).
+        self.scopes: dict[type[models.Model], models.QuerySet[models.Model] | None] = {}
 
 
 class _BatchState(threading.local):
@@ -231,44 +234,79 @@ def _preload_for_delete(
 ) -> None:
     """Load deferred payload columns and many-to-many pks, in bulk when the origin allows it.
 
-    For ``qs.only("id").delete()`` one query per model reads the columns of every row
-    the delete removes (through the origin queryset), and one per many-to-many field
+    When the rows the delete removes can be named by one query (see ``_deleted_rows``),
+    one query per model reads their deferred columns and one per many-to-many field
     reads their links; otherwise each instance is read alone.
     """
     deferred = spec.deferred_attnames(instance)
+    wants_links = bool(spec.many_to_many) and spec.serializer is None
+    if not deferred and not wants_links:
+        return
     model = type(instance)
-    bulk = isinstance(origin, models.QuerySet) and origin.model is model
+    if model not in batch.scopes:
+        batch.scopes[model] = _deleted_rows(model, using, origin)
+    scope = batch.scopes[model]
     if deferred:
         rows = batch.loaded.get(model)
-        if rows is None and bulk:
-            assert isinstance(origin, models.QuerySet)
-            rows = batch.loaded[model] = _fetch_columns(model, spec, using, origin)
+        if rows is None and scope is not None:
+            rows = batch.loaded[model] = _fetch_columns(model, spec, scope)
         row = rows.get(instance.pk) if rows else None
         if row is not None:
             for attname in deferred:
                 instance.__dict__[attname] = row[attname]
         else:
             _load_deferred(instance, spec, using)
-    if spec.many_to_many and bulk and spec.serializer is None:
-        assert isinstance(origin, models.QuerySet)
+    if wants_links and scope is not None:
         links = batch.links.get(model)
         if links is None:
-            links = batch.links[model] = _fetch_links(model, spec, using, origin)
+            links = batch.links[model] = _fetch_links(model, spec, scope)
         instance.__dict__[M2M_ATTR] = {name: by_pk.get(instance.pk, []) for name, by_pk in links.items()}
 
 
+def _deleted_rows(
+    model: type[models.Model], using: str, origin: object
+) -> models.QuerySet[models.Model] | None:
+    """A query for the rows of ``model`` that a delete from ``origin`` removes, when one is easy.
+
+    ``qs.delete()`` removes the rows of ``qs``; a delete of other rows removes the rows
+    of ``model`` whose cascading foreign key points at them (the common one-level
+    cascade, such as an author's books). Rows this misses are read one by one.
+    """
+    if isinstance(origin, models.QuerySet):
+        origin_model: type[models.Model] = origin.model
+        origin_pks: Any = origin.values("pk")
+    elif isinstance(origin, models.Model):
+        origin_model, origin_pks = type(origin), [origin.pk]
+    else:
+        return None
+    manager = model._base_manager.db_manager(using)
+    if origin_model._meta.concrete_model is model._meta.concrete_model:
+        # A single instance is read alone: one query either way.
+        return manager.filter(pk__in=origin_pks) if isinstance(origin, models.QuerySet) else None
+    condition = models.Q()
+    for field in model._meta.concrete_fields:
+        remote = field.remote_field
+        if (
+            remote is not None
+            and field.many_to_one
+            and remote.on_delete is models.CASCADE
+            and field.related_model._meta.concrete_model is origin_model._meta.concrete_model  # type: ignore[union-attr]
+        ):
+            condition |= models.Q(**{f"{field.name}__in": origin_pks})
+    return manager.filter(condition) if condition else None
+
+
 def _fetch_columns(
-    model: type[models.Model], spec: ModelSpec, using: str, origin: models.QuerySet[Any]
+    model: type[models.Model], spec: ModelSpec, scope: models.QuerySet[models.Model]
 ) -> dict[Any, dict[str, Any]]:
     attnames = [f.attname for _, f in spec.concrete]
     names = [f.name for _, f in spec.concrete]
-    pk_name = model._meta.pk.attname
-    fetched = model._base_manager.using(using).filter(pk__in=origin.values("pk")).values_list(pk_name, *names)
+    fetched = scope.values_list(model._meta.pk.attname, *names)
     return {row[0]: dict(zip(attnames, row[1:], strict=True)) for row in fetched}
 
 
 def _fetch_links(
-    model: type[models.Model], spec: ModelSpec, using: str, origin: models.QuerySet[Any]
+    model: type[models.Model], spec: ModelSpec, scope: models.QuerySet[models.Model]
 ) -> dict[str, dict[Any, list[Any]]]:
     links: dict[str, dict[Any, list[Any]]] = {}
     for name in spec.many_to_many:
@@ -278,8 +316,8 @@ def _fetch_links(
         target = field.m2m_reverse_field_name()  # type: ignore[union-attr]
         by_pk: dict[Any, list[Any]] = {}
         pairs = (
-            through._base_manager.using(using)
-            .filter(**{f"{source}__in": origin.values("pk")})
+            through._base_manager.using(scope.db)
+            .filter(**{f"{source}__in": scope.values("pk")})
             .order_by("pk")
             .values_list(f"{source}_id", f"{target}_id")
         )
@@ -369,6 +407,7 @@ def _post_delete_receiver(spec: ModelSpec) -> Callable[..., None]:
             batch.loaded = {}
             batch.links = {}
             batch.frames = {}
+            batch.scopes = {}
         batch.outstanding -= 1
         if batch.outstanding <= 0:
             del _state.batches[(using, id(origin))]
