@@ -29,3 +29,11 @@ else:
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOGGING = {"version": 1, "disable_existing_loggers": False}
+
+# Tests deliver to receivers on 127.0.0.1, over plain http.
+HOOKPOST = {
+    **HOOKPOST,  # noqa: F405
+    "ALLOWED_NETWORKS": ["127.0.0.0/8"],
+    "ALLOW_HTTP": True,
+    "POLL_INTERVAL": 0.05,
+}

@@ -6,6 +6,7 @@
 
 import os
 from pathlib import Path
+from typing import Any
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -80,16 +81,23 @@ TIME_ZONE = "UTC"
 STATIC_URL = "static/"
 MEDIA_ROOT = BASE_DIR / "media"
 
-HOOKPOST = {
+HOOKPOST: dict[str, Any] = {
     # Tag is registered here, in settings; Author and Book in library/apps.py, in code.
     "MODELS": {
         "library.Tag": {"actions": ["created", "deleted"], "fields": ["name"]},
     },
 }
 
-LOGGING = {
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"hookpost": {"handlers": ["console"], "level": "INFO"}},
 }
+
+if os.environ.get("HOOKPOST_DEMO") == "1":
+    # The demo's receivers listen on 127.0.0.1 over plain http.
+    HOOKPOST["ALLOWED_NETWORKS"] = ["127.0.0.0/8"]
+    HOOKPOST["ALLOW_HTTP"] = True
+    HOOKPOST["POLL_INTERVAL"] = 0.05
+    LOGGING["loggers"]["hookpost"]["level"] = "WARNING"

@@ -14,8 +14,38 @@ DEFAULTS: dict[str, Any] = {
     "STRICT": False,
     # Seconds a webhook-timestamp may differ from now, in either direction, when verifying.
     "SIGNATURE_TOLERANCE": 300,
-    # Events of a bulk delete go to the database in INSERTs of at most this many rows.
+    # Rows per INSERT when a bulk delete writes its events through bulk_create (databases other
+    # than PostgreSQL and SQLite, which stream them in one statement).
     "CAPTURE_BATCH_SIZE": 500,
+    # -- delivery --
+    # The transport class, by dotted path (hookpost.transports.memory.MemoryTransport in tests).
+    "TRANSPORT": "hookpost.transports.http.HttpTransport",
+    # Networks endpoints may resolve to although they are not public (e.g. "127.0.0.0/8").
+    "ALLOWED_NETWORKS": [],
+    # Endpoint URLs must use https unless this is True.
+    "ALLOW_HTTP": False,
+    "CONNECT_TIMEOUT": 5.0,
+    "TOTAL_TIMEOUT": 15.0,
+    # Bytes of a response body kept in the attempt log (the rest is never read).
+    "MAX_RESPONSE_BYTES": 16384,
+    # Delays before each attempt; None is the Standard Webhooks schedule (10 attempts, ~3 days).
+    "RETRY_SCHEDULE": None,
+    "RETRY_JITTER": 0.2,
+    # A Retry-After (429/503) is honoured up to this many seconds.
+    "MAX_RETRY_AFTER": 86400,
+    # Requests in flight to one endpoint at once, unless the endpoint says otherwise.
+    "MAX_IN_FLIGHT": 10,
+    # Consecutive failures that open an endpoint's circuit; seconds before the first probe.
+    "CIRCUIT_THRESHOLD": 5,
+    "CIRCUIT_COOLDOWN": 30,
+    # An endpoint failing with no success for this many seconds is disabled (default 5 days).
+    "DISABLE_AFTER": 5 * 24 * 3600,
+    # Seconds a worker holds a claimed delivery before another may take it over.
+    "LEASE_SECONDS": 60,
+    # Seconds between polls when nothing wakes the worker (PostgreSQL wakes it on commit).
+    "POLL_INTERVAL": 1.0,
+    # Days of attempts, finished deliveries and their events that hookpost_prune keeps.
+    "RETENTION_DAYS": 30,
 }
 
 

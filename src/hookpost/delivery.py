@@ -12,9 +12,26 @@ from hookpost.models import Endpoint, Event
 from hookpost.transports import Request
 
 USER_AGENT = f"django-hookpost/{hookpost.__version__}"
+SEQUENCE_HEADER = "webhook-sequence"
+
+# Header names whose values the attempt log must not keep (custom headers often carry
+# credentials for the receiving side).
+_SECRET_HINTS = ("auth", "token", "secret", "key", "password", "cookie", "session", "signature")
 
 
-def build_request(event: Event, endpoint: Endpoint, *, now: dt.datetime | None = None) -> Request:
+def redact_headers(headers: dict[str, str]) -> dict[str, str]:
+    """A copy of ``headers`` fit for the attempt log: values of credential-like headers masked."""
+    return {
+        name: "[redacted]"
+        if any(hint in name.lower() for hint in _SECRET_HINTS) and name.lower() != "webhook-signature"
+        else value
+        for name, value in headers.items()
+    }
+
+
+def build_request(
+    event: Event, endpoint: Endpoint, *, now: dt.datetime | None = None, sequence: int | None = None
+) -> Request:
     """Return the request that delivers ``event`` to ``endpoint``: the exact payload, signed.
 
     The body is the payload stored at capture, byte for byte. ``webhook-id`` is
@@ -34,4 +51,8 @@ def build_request(event: Event, endpoint: Endpoint, *, now: dt.datetime | None =
         "user-agent": USER_AGENT,
         **signing.sign_headers(event.id, int(now.timestamp()), body, secrets),
     }
+    if sequence is not None:
+        # FIFO endpoints: the delivery's place in the endpoint's order, so receivers can
+        # spot a gap or a reordering.
+        headers[SEQUENCE_HEADER] = str(sequence)
     return Request(url=endpoint.url, headers=headers, body=body, msg_id=event.id)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import URLValidator
+from django.core.validators import MinValueValidator, URLValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
 from hookpost import events, signing
+from hookpost.conf import hookpost_settings
+from hookpost.retry import RetryPolicy
 
 
 def validate_type_patterns(value: object) -> None:
@@ -38,6 +42,39 @@ def validate_headers(value: object) -> None:
 
 
 _OWN_HEADERS = {"content-type", "content-length", "host", "user-agent"}
+
+
+def validate_endpoint_url(value: str) -> None:
+    """Model validator: https (http only with ``ALLOW_HTTP``), and no literal address the worker refuses.
+
+    Host names are checked when each request is sent, after resolving: a name can
+    point anywhere later, so a check here would be false comfort.
+    """
+    scheme = value.partition("://")[0]
+    if scheme.lower() == "http" and not hookpost_settings.ALLOW_HTTP:
+        raise ValidationError("Use an https:// URL (plain http is allowed only with HOOKPOST['ALLOW_HTTP']).")
+    host = urlsplit(value).hostname or ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return
+    from hookpost.transports.http import AddressPolicy
+
+    if not AddressPolicy(hookpost_settings.ALLOWED_NETWORKS).allows(address):
+        raise ValidationError(
+            f"{host} is not a public address; webhooks may go there only if it is inside "
+            "HOOKPOST['ALLOWED_NETWORKS']."
+        )
+
+
+def validate_retry_schedule(value: object) -> None:
+    """Model validator: a retry schedule the retry policy accepts."""
+    if value is None:
+        return
+    try:
+        RetryPolicy.from_config(value)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
 
 
 # --- endpoints --------------------------------------------------------------------------------
@@ -78,7 +115,10 @@ class Endpoint(models.Model):
         on_delete=models.CASCADE,
         related_name="hookpost_endpoints",
     )
-    url = models.URLField(max_length=2048, validators=[URLValidator(schemes=["http", "https"])])
+    url = models.URLField(
+        max_length=2048,
+        validators=[URLValidator(schemes=["http", "https"]), validate_endpoint_url],
+    )
     description = models.CharField(max_length=255, blank=True)
     event_types = models.JSONField(
         default=list,
@@ -90,9 +130,46 @@ class Endpoint(models.Model):
     # Each entry: {"key": "whsec_…", "created_at": iso, "expires_at": iso | None}; newest first.
     secrets = models.JSONField(default=list, editable=False)
     headers = models.JSONField(default=dict, blank=True, validators=[validate_headers])
-    options = models.JSONField(
-        default=dict, blank=True, help_text="Per-endpoint delivery options (timeouts, retries…)."
+    # -- delivery options --
+    rate_limit = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.01)],
+        help_text="Most requests per second to send to this endpoint (blank: no limit).",
     )
+    fifo = models.BooleanField(
+        default=False,
+        help_text="Deliver one at a time, in event order, with a webhook-sequence header.",
+    )
+    max_in_flight = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Most requests in flight at once (blank: the MAX_IN_FLIGHT setting).",
+    )
+    timeout = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.1)],
+        help_text="Seconds a request may take in all (blank: the TOTAL_TIMEOUT setting).",
+    )
+    retry_schedule = models.JSONField(
+        null=True,
+        blank=True,
+        validators=[validate_retry_schedule],
+        help_text='Delays before each attempt, e.g. [0, "5s", "5m", "1h"] (blank: the default).',
+    )
+    # -- health, kept by the outbox --
+    consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
+    failing_since = models.DateTimeField(null=True, blank=True, editable=False)
+    last_success_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_failure_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # The circuit is open until then: only one probe request may go at that time.
+    blocked_until = models.DateTimeField(null=True, blank=True, editable=False)
+    # Rate limiting across workers: the earliest time the next request may be sent.
+    next_slot_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # FIFO: the sequence number given to the newest delivery.
+    last_sequence = models.BigIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -258,6 +335,12 @@ class Delivery(models.Model):
 
     event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
     endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="deliveries")
+    # A replay is a new delivery of the same event (same webhook-id) to the same endpoint.
+    replay_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replays"
+    )
+    # FIFO endpoints: the delivery's place in the endpoint's order (webhook-sequence).
+    sequence = models.BigIntegerField(null=True, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     attempt_count = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
@@ -273,14 +356,25 @@ class Delivery(models.Model):
         verbose_name_plural = "deliveries"
         ordering = ("-created_at", "-id")
         constraints = (
-            models.UniqueConstraint(fields=("event", "endpoint"), name="hookpost_delivery_once_per_endpoint"),
+            # Fan-out is idempotent: one original delivery per event and endpoint.
+            models.UniqueConstraint(
+                fields=("event", "endpoint"),
+                condition=Q(replay_of__isnull=True),
+                name="hookpost_delivery_once_per_endpoint",
+            ),
         )
         indexes = (
-            # "What is due": pending rows by next attempt time, first attempts first.
+            # "What is due", in two queues so first attempts are served before retries and
+            # each claim reads an index in order instead of sorting every due row.
             models.Index(
-                fields=("next_attempt_at", "attempt_count"),
-                name="hookpost_delivery_due",
-                condition=Q(status="pending"),
+                fields=("next_attempt_at", "id"),
+                name="hookpost_delivery_due_first",
+                condition=Q(status="pending", attempt_count=0),
+            ),
+            models.Index(
+                fields=("next_attempt_at", "id"),
+                name="hookpost_delivery_due_retry",
+                condition=Q(status="pending", attempt_count__gt=0),
             ),
             models.Index(fields=("endpoint", "status"), name="hookpost_delivery_endpoint"),
         )

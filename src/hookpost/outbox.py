@@ -1,4 +1,4 @@
-"""The only writer of outbox state: events go in here, and (later) delivery transitions live here.
+"""The only writer of outbox state: events in, deliveries fanned out, claimed, settled and pruned.
 
 Bulk writes bypass model instances, the costliest part of ``bulk_create`` for
 thousands of rows: PostgreSQL (psycopg 3) streams them with ``COPY``, SQLite
@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 
-from django.db import connections
+from django.db import connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Count, F, Q
+from django.utils import timezone
 
+from hookpost import signals
 from hookpost.conf import hookpost_settings
 from hookpost.events import new_message_ids
-from hookpost.models import Event
+from hookpost.models import Attempt, Delivery, Endpoint, Event
+from hookpost.retry import Breaker, Decision, Verdict, should_disable
 
 
 class EventDraft(NamedTuple):
@@ -130,3 +136,537 @@ _WRITERS: dict[str, Callable[[BaseDatabaseWrapper, list[str], Sequence[EventDraf
     "postgresql": _write_with_copy,
     "sqlite": _write_with_executemany,
 }
+
+
+# --- fan-out ------------------------------------------------------------------------------------
+
+
+def fan_out(*, using: str = "default", limit: int = 500, now: dt.datetime | None = None) -> int:
+    """Turn up to ``limit`` events awaiting fan-out into one delivery per subscribed endpoint.
+
+    One transaction: the deliveries and the events' ``fanned_out_at`` commit together,
+    so a crash in between repeats the work, and the unique (event, endpoint) constraint
+    keeps a repeat from doubling a delivery. Workers running this at once take disjoint
+    events (``skip_locked``). Disabled endpoints get nothing; paused ones get deliveries
+    that wait. Returns the number of events handled.
+    """
+    now = now or timezone.now()
+    connection = connections[using]
+    with transaction.atomic(using=using):
+        events = Event.objects.using(using).awaiting_fan_out()
+        if connection.features.has_select_for_update_skip_locked:
+            events = events.select_for_update(skip_locked=True)
+        batch = list(events.only("id", "type")[:limit])
+        if not batch:
+            return 0
+        endpoints = list(
+            Endpoint.objects.using(using)
+            .exclude(status=Endpoint.Status.DISABLED)
+            .only("id", "event_types", "fifo")
+        )
+        rows: list[Delivery] = []
+        fifo_counts: dict[int, int] = {}
+        for event in batch:
+            for endpoint in endpoints:
+                if endpoint.accepts(event.type):
+                    rows.append(Delivery(event_id=event.id, endpoint_id=endpoint.id, next_attempt_at=now))
+                    if endpoint.fifo:
+                        fifo_counts[endpoint.id] = fifo_counts.get(endpoint.id, 0) + 1
+        if fifo_counts:
+            _number_fifo_deliveries(using, rows, fifo_counts)
+        Delivery.objects.using(using).bulk_create(rows, ignore_conflicts=True)
+        Event.objects.using(using).filter(id__in=[e.id for e in batch]).update(fanned_out_at=now)
+    return len(batch)
+
+
+def _number_fifo_deliveries(using: str, rows: list[Delivery], counts: dict[int, int]) -> None:
+    """Give the new deliveries of FIFO endpoints consecutive sequence numbers, in event order."""
+    locked = Endpoint.objects.using(using).select_for_update().filter(id__in=list(counts))
+    next_number = {e.id: e.last_sequence + 1 for e in locked.only("id", "last_sequence")}
+    for row in rows:
+        if row.endpoint_id in next_number:
+            row.sequence = next_number[row.endpoint_id]
+            next_number[row.endpoint_id] += 1
+    for endpoint_id, after in next_number.items():
+        Endpoint.objects.using(using).filter(id=endpoint_id).update(last_sequence=after - 1)
+
+
+# --- claiming -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A delivery leased to one worker, with what the worker needs to send it."""
+
+    delivery: Delivery
+    # Rate-limited endpoints: the request must not go before this time.
+    send_at: dt.datetime | None = None
+    # The endpoint's circuit is open and this is its one probe.
+    probe: bool = False
+
+
+def claim(
+    *,
+    worker_id: str,
+    limit: int,
+    lease: dt.timedelta,
+    using: str = "default",
+    now: dt.datetime | None = None,
+    breaker: Breaker | None = None,
+    max_in_flight: int = 10,
+) -> list[Claim]:
+    """Lease up to ``limit`` due deliveries to ``worker_id``, first attempts before retries.
+
+    Per endpoint it respects the in-flight cap, FIFO order (one at a time, lowest
+    sequence first), the circuit breaker (one probe while open) and the rate limit
+    (each claim takes the next free send slot). On PostgreSQL rows are locked with
+    ``skip_locked`` so concurrent workers never claim the same delivery; SQLite
+    serialises writers, so one worker is safe there.
+    """
+    now = now or timezone.now()
+    breaker = breaker or Breaker()
+    connection = connections[using]
+    skip_locked = connection.features.has_select_for_update_skip_locked
+    with transaction.atomic(using=using):
+        in_flight = dict(
+            Delivery.objects.using(using)
+            .leased(now)
+            .values_list("endpoint_id")
+            .annotate(n=Count("id"))
+            .values_list("endpoint_id", "n")
+        )
+        chosen: list[Claim] = []
+        seen: set[int] = set()
+        full: set[int] = set()
+        for first in (True, False):
+            # A few passes per queue: endpoints that fill up are left out of the next one,
+            # so one busy endpoint cannot crowd the others out of the window.
+            for _ in range(3):
+                room = limit - len(chosen)
+                if room <= 0:
+                    break
+                candidates = _candidates(using, now, first, room * 4, full, seen, skip_locked)
+                if not candidates:
+                    break
+                taken = _admit(using, now, candidates, in_flight, full, breaker, max_in_flight, room, lease)
+                chosen.extend(taken)
+                seen.update(c.id for c in candidates)
+                if len(candidates) < room * 4:
+                    break
+        if not chosen:
+            return []
+        Delivery.objects.using(using).filter(id__in=[c.delivery.id for c in chosen]).update(
+            lease_owner=worker_id, lease_expires_at=now + lease
+        )
+    for c in chosen:
+        c.delivery.lease_owner, c.delivery.lease_expires_at = worker_id, now + lease
+    return chosen
+
+
+def _candidates(
+    using: str,
+    now: dt.datetime,
+    first: bool,
+    size: int,
+    full: set[int],
+    seen: set[int],
+    skip_locked: bool,
+) -> list[Delivery]:
+    queue = Delivery.objects.using(using).due(now)
+    queue = queue.filter(attempt_count=0) if first else queue.filter(attempt_count__gt=0)
+    queue = queue.filter(endpoint__status=Endpoint.Status.ACTIVE).filter(
+        Q(endpoint__blocked_until__isnull=True) | Q(endpoint__blocked_until__lte=now)
+    )
+    if full:
+        queue = queue.exclude(endpoint_id__in=full)
+    if seen:
+        queue = queue.exclude(id__in=seen)
+    queue = queue.select_related("event", "endpoint").order_by("next_attempt_at", "id")
+    if skip_locked:
+        queue = queue.select_for_update(skip_locked=True, of=("self",))
+    return list(queue[:size])
+
+
+def _admit(
+    using: str,
+    now: dt.datetime,
+    candidates: list[Delivery],
+    in_flight: dict[int, int],
+    full: set[int],
+    breaker: Breaker,
+    max_in_flight: int,
+    room: int,
+    lease: dt.timedelta,
+) -> list[Claim]:
+    """Pick, from ``candidates``, the deliveries each endpoint's limits let go now."""
+    endpoints = {d.endpoint_id: d.endpoint for d in candidates}
+    fifo_heads = _fifo_heads(using, [e for e in endpoints.values() if e.fifo])
+    slots = _RateSlots(using, now, lease, [e for e in endpoints.values() if e.rate_limit])
+    taken: list[Claim] = []
+    for delivery in candidates:
+        if len(taken) >= room:
+            break
+        endpoint = delivery.endpoint
+        if endpoint.id in full:
+            continue
+        busy = in_flight.get(endpoint.id, 0)
+        cap = 1 if endpoint.fifo else (endpoint.max_in_flight or max_in_flight)
+        probe = breaker.is_open(endpoint.consecutive_failures)
+        if probe:
+            # One probe while the circuit is open; others wait for its answer.
+            if busy or not _take_probe(using, endpoint, now, lease):
+                full.add(endpoint.id)
+                continue
+            cap = 1
+        if busy >= cap:
+            full.add(endpoint.id)
+            continue
+        if endpoint.fifo and fifo_heads.get(endpoint.id) != delivery.id:
+            # Not the head of the line. The head may be a retry, met in the next queue,
+            # so the endpoint is not marked full here.
+            continue
+        send_at = None
+        if endpoint.rate_limit:
+            send_at = slots.take(endpoint)
+            if send_at is None:
+                full.add(endpoint.id)
+                continue
+        taken.append(Claim(delivery=delivery, send_at=send_at, probe=probe))
+        in_flight[endpoint.id] = busy + 1
+        if busy + 1 >= cap:
+            full.add(endpoint.id)
+    slots.save()
+    return taken
+
+
+def _fifo_heads(using: str, endpoints: list[Endpoint]) -> dict[int, int]:
+    """For each FIFO endpoint, the id of its pending delivery with the lowest sequence."""
+    heads: dict[int, int] = {}
+    for endpoint in endpoints:
+        head = (
+            Delivery.objects.using(using)
+            .pending()
+            .filter(endpoint_id=endpoint.id)
+            .order_by("sequence", "id")
+            .values_list("id", flat=True)
+            .first()
+        )
+        if head is not None:
+            heads[endpoint.id] = head
+    return heads
+
+
+def _take_probe(using: str, endpoint: Endpoint, now: dt.datetime, lease: dt.timedelta) -> bool:
+    """Reserve the one probe of an open circuit (compare-and-set, so only one worker wins)."""
+    won = (
+        Endpoint.objects.using(using)
+        .filter(id=endpoint.id, blocked_until=endpoint.blocked_until)
+        .update(blocked_until=now + lease)
+    )
+    return won == 1
+
+
+class _RateSlots:
+    """Send slots of rate-limited endpoints, spaced ``1/rate`` apart across every worker."""
+
+    def __init__(self, using: str, now: dt.datetime, lease: dt.timedelta, endpoints: list[Endpoint]) -> None:
+        self.using, self.now = using, now
+        # Slots further ahead than half a lease would outlive the lease before being used.
+        self.horizon = now + lease / 2
+        self.next: dict[int, dt.datetime] = {}
+        if endpoints:
+            locked = (
+                Endpoint.objects.using(using)
+                .select_for_update()
+                .filter(id__in=[e.id for e in endpoints])
+                .only("id", "next_slot_at")
+            )
+            self.next = {e.id: max(e.next_slot_at or now, now) for e in locked}
+        self.changed: set[int] = set()
+
+    def take(self, endpoint: Endpoint) -> dt.datetime | None:
+        slot = self.next.get(endpoint.id, self.now)
+        if slot > self.horizon:
+            return None
+        assert endpoint.rate_limit
+        self.next[endpoint.id] = slot + dt.timedelta(seconds=1 / endpoint.rate_limit)
+        self.changed.add(endpoint.id)
+        return slot
+
+    def save(self) -> None:
+        for endpoint_id in self.changed:
+            Endpoint.objects.using(self.using).filter(id=endpoint_id).update(
+                next_slot_at=self.next[endpoint_id]
+            )
+
+
+def release(delivery_ids: Sequence[int], *, worker_id: str, using: str = "default") -> int:
+    """Give back leases a stopping worker holds without an answer, due again at once."""
+    return (
+        Delivery.objects.using(using)
+        .filter(id__in=delivery_ids, lease_owner=worker_id, status=Delivery.Status.PENDING)
+        .update(lease_owner="", lease_expires_at=None)
+    )
+
+
+# --- recording what happened ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """What one request for a delivery produced, and the retry policy's decision on it."""
+
+    delivery_id: int
+    endpoint_id: int
+    event_id: str
+    number: int
+    started_at: dt.datetime
+    duration_ms: int | None
+    request_headers: dict[str, str]
+    status_code: int | None
+    response_body: str
+    error: str
+    decision: Decision
+
+
+def record_results(
+    results: Sequence[AttemptResult],
+    *,
+    using: str = "default",
+    breaker: Breaker | None = None,
+    disable_after: dt.timedelta = dt.timedelta(days=5),
+    now: dt.datetime | None = None,
+) -> None:
+    """Write the attempt log and move each delivery and endpoint to its next state, in one transaction.
+
+    Deliveries already finished elsewhere (a replayed lease that both workers sent)
+    are not moved back. Operational signals go out after the commit.
+    """
+    if not results:
+        return
+    now = now or timezone.now()
+    breaker = breaker or Breaker()
+    notices: list[Callable[[], object]] = []
+    with transaction.atomic(using=using):
+        Attempt.objects.using(using).bulk_create(
+            Attempt(
+                delivery_id=r.delivery_id,
+                number=r.number,
+                started_at=r.started_at,
+                duration_ms=r.duration_ms,
+                request_headers=r.request_headers,
+                status_code=r.status_code,
+                response_body=r.response_body,
+                error=r.error,
+                verdict=str(r.decision.verdict),
+            )
+            for r in results
+        )
+        by_verdict: dict[Verdict, list[AttemptResult]] = {}
+        for r in results:
+            by_verdict.setdefault(r.decision.verdict, []).append(r)
+        pending = Delivery.objects.using(using).filter(status=Delivery.Status.PENDING)
+        finished = {
+            "attempt_count": F("attempt_count") + 1,
+            "last_attempt_at": now,
+            "lease_owner": "",
+            "lease_expires_at": None,
+            "finished_at": now,
+            "next_attempt_at": None,
+        }
+        if delivered := by_verdict.get(Verdict.DELIVERED):
+            pending.filter(id__in=[r.delivery_id for r in delivered]).update(
+                status=Delivery.Status.DELIVERED, **finished
+            )
+        if gave_up := by_verdict.get(Verdict.GAVE_UP):
+            pending.filter(id__in=[r.delivery_id for r in gave_up]).update(
+                status=Delivery.Status.DEAD, **finished
+            )
+        if gone := by_verdict.get(Verdict.ENDPOINT_GONE):
+            pending.filter(id__in=[r.delivery_id for r in gone]).update(
+                status=Delivery.Status.CANCELLED, **finished
+            )
+        if retry := by_verdict.get(Verdict.RETRY):
+            _schedule_retries(using, retry, now)
+        notices.extend(_delivery_notices(results))
+        notices.extend(_update_health(using, results, now, breaker, disable_after))
+    transaction.on_commit(lambda: [notice() for notice in notices], using=using)
+
+
+def _schedule_retries(using: str, retry: list[AttemptResult], now: dt.datetime) -> None:
+    ids = [r.delivery_id for r in retry]
+    Delivery.objects.using(using).filter(id__in=ids, status=Delivery.Status.PENDING).update(
+        attempt_count=F("attempt_count") + 1,
+        last_attempt_at=now,
+        lease_owner="",
+        lease_expires_at=None,
+    )
+    # Each retry has its own (jittered) time: one CASE update for all of them.
+    rows = [Delivery(id=r.delivery_id, next_attempt_at=r.decision.retry_at) for r in retry]
+    Delivery.objects.using(using).bulk_update(rows, ["next_attempt_at"])
+
+
+def _delivery_notices(results: Sequence[AttemptResult]) -> list[Callable[[], object]]:
+    notices: list[Callable[[], object]] = []
+    for r in results:
+        common = {
+            "sender": Delivery,
+            "delivery_id": r.delivery_id,
+            "endpoint_id": r.endpoint_id,
+            "event_id": r.event_id,
+            "attempt": r.number,
+        }
+        verdict = r.decision.verdict
+        if verdict is Verdict.DELIVERED:
+            notices.append(partial(signals.delivery_succeeded.send, **common))
+            continue
+        notices.append(
+            partial(
+                signals.delivery_failed.send,
+                **common,
+                status_code=r.status_code,
+                error=r.error,
+                verdict=str(verdict),
+            )
+        )
+        if verdict is Verdict.GAVE_UP:
+            notices.append(partial(signals.delivery_exhausted.send, **common))
+    return notices
+
+
+def _update_health(
+    using: str,
+    results: Sequence[AttemptResult],
+    now: dt.datetime,
+    breaker: Breaker,
+    disable_after: dt.timedelta,
+) -> list[Callable[[], object]]:
+    """Update each endpoint's failure streak, circuit and status from this batch's results."""
+    notices: list[Callable[[], object]] = []
+    by_endpoint: dict[int, list[AttemptResult]] = {}
+    for r in sorted(results, key=lambda r: r.started_at):
+        by_endpoint.setdefault(r.endpoint_id, []).append(r)
+    endpoints = Endpoint.objects.using(using).select_for_update().filter(id__in=list(by_endpoint))
+    for endpoint in endpoints:
+        was_open = breaker.is_open(endpoint.consecutive_failures)
+        gone_reason = ""
+        for r in by_endpoint[endpoint.id]:
+            verdict = r.decision.verdict
+            if verdict is Verdict.DELIVERED:
+                endpoint.consecutive_failures = 0
+                endpoint.failing_since = None
+                endpoint.last_success_at = r.started_at
+            else:
+                endpoint.consecutive_failures += 1
+                endpoint.failing_since = endpoint.failing_since or r.started_at
+                endpoint.last_failure_at = r.started_at
+                if verdict is Verdict.ENDPOINT_GONE:
+                    gone_reason = f"answered 410 Gone at {r.started_at.isoformat()}"
+        endpoint.blocked_until = (
+            breaker.probe_at(endpoint.consecutive_failures, endpoint.last_failure_at)
+            if endpoint.last_failure_at
+            else None
+        )
+        if was_open and endpoint.consecutive_failures == 0:
+            notices.append(partial(signals.endpoint_recovered.send, sender=Endpoint, endpoint_id=endpoint.id))
+        endpoint.save(
+            update_fields=[
+                "consecutive_failures",
+                "failing_since",
+                "last_success_at",
+                "last_failure_at",
+                "blocked_until",
+            ]
+        )
+        reason = gone_reason
+        if not reason and should_disable(endpoint.failing_since, now, disable_after):
+            reason = f"failing with no success since {endpoint.failing_since.isoformat()}"  # type: ignore[union-attr]
+        if reason and endpoint.status != Endpoint.Status.DISABLED:
+            notices.extend(disable_endpoint(endpoint, reason, using=using, now=now))
+    return notices
+
+
+def disable_endpoint(
+    endpoint: Endpoint, reason: str, *, using: str = "default", now: dt.datetime | None = None
+) -> list[Callable[[], object]]:
+    """Disable ``endpoint`` and cancel its pending deliveries; returns the signal to send after commit."""
+    now = now or timezone.now()
+    endpoint.status = Endpoint.Status.DISABLED
+    endpoint.status_reason = reason[:255]
+    endpoint.save(update_fields=["status", "status_reason", "updated_at"])
+    Delivery.objects.using(using).filter(endpoint_id=endpoint.id, status=Delivery.Status.PENDING).update(
+        status=Delivery.Status.CANCELLED,
+        finished_at=now,
+        lease_owner="",
+        lease_expires_at=None,
+        next_attempt_at=None,
+    )
+    return [partial(signals.endpoint_disabled.send, sender=Endpoint, endpoint_id=endpoint.id, reason=reason)]
+
+
+# --- replay and pruning ---------------------------------------------------------------------------
+
+
+def replay(
+    deliveries: Iterable[Delivery], *, using: str = "default", now: dt.datetime | None = None
+) -> list[Delivery]:
+    """Queue a new delivery of the same event (same ``webhook-id``) to the same endpoint for each.
+
+    Deliveries still pending are skipped: they will be sent anyway. Returns the new rows.
+    """
+    now = now or timezone.now()
+    rows = [
+        Delivery(
+            event_id=d.event_id,
+            endpoint_id=d.endpoint_id,
+            replay_of_id=d.id,
+            next_attempt_at=now,
+            created_at=now,
+        )
+        for d in deliveries
+        if d.status != Delivery.Status.PENDING
+    ]
+    return Delivery.objects.using(using).bulk_create(rows)
+
+
+def prune(
+    before: dt.datetime, *, using: str = "default", dry_run: bool = False, chunk: int = 5000
+) -> dict[str, int]:
+    """Delete what finished before ``before``: attempts, finished deliveries, then events left bare.
+
+    Pending work is never pruned, nor an event that still has a delivery. Deletes
+    go in chunks so a large backlog never holds one huge transaction. With
+    ``dry_run`` nothing is deleted and the counts say what would be.
+    """
+    manager = partial(Delivery.objects.using, using)
+    tables: list[tuple[str, Callable[[], models.QuerySet[Any]]]] = [
+        ("attempts", lambda: Attempt.objects.using(using).older_than(before)),
+        (
+            "deliveries",
+            lambda: (
+                manager()
+                .exclude(status=Delivery.Status.PENDING)
+                .filter(finished_at__lt=before)
+                .exclude(attempts__started_at__gte=before)
+            ),
+        ),
+        (
+            "events",
+            lambda: (
+                Event.objects.using(using)
+                .filter(occurred_at__lt=before, deliveries__isnull=True)
+                .exclude(fanned_out_at__isnull=True, error="")
+            ),
+        ),
+    ]
+    counts: dict[str, int] = {}
+    for name, query in tables:
+        if dry_run:
+            counts[name] = query().count()
+            continue
+        counts[name] = 0
+        while ids := list(query().values_list("pk", flat=True)[:chunk]):
+            with transaction.atomic(using=using):
+                query().model._default_manager.using(using).filter(pk__in=ids).delete()
+            counts[name] += len(ids)
+    return counts

@@ -7,3 +7,19 @@ from django.dispatch import Signal
 #: Sent when capture could not encode a payload and stored the event as invalid.
 #: kwargs: ``event_type`` (str), ``error`` (str), ``using`` (str).
 payload_invalid = Signal()
+
+#: An attempt got a 2xx. kwargs: ``delivery_id``, ``endpoint_id``, ``event_id``, ``attempt``.
+delivery_succeeded = Signal()
+
+#: An attempt failed (it will be retried, or it was the last). Same kwargs, plus
+#: ``status_code`` (int or None), ``error`` (str) and ``verdict`` (str).
+delivery_failed = Signal()
+
+#: A delivery used up its attempts and is dead. Same kwargs as ``delivery_succeeded``.
+delivery_exhausted = Signal()
+
+#: An endpoint was disabled by hookpost. kwargs: ``endpoint_id``, ``reason``.
+endpoint_disabled = Signal()
+
+#: An endpoint whose circuit was open answered with a 2xx again. kwargs: ``endpoint_id``.
+endpoint_recovered = Signal()

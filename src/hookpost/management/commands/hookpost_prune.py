@@ -1,0 +1,34 @@
+"""``manage.py hookpost_prune``: delete attempts, finished deliveries and events past retention."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+from django.utils import timezone
+
+from hookpost import outbox
+from hookpost.conf import hookpost_settings
+from hookpost.management.commands._options import positive_int
+
+
+class Command(BaseCommand):
+    """Prune the attempt log and finished work older than the retention period."""
+
+    help = "Delete attempts, finished deliveries and bare events older than --days (RETENTION_DAYS)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        """Declare the options."""
+        parser.add_argument("--days", type=positive_int, default=None, help="Keep this many days.")
+        parser.add_argument("--dry-run", action="store_true", help="Count, delete nothing.")
+        parser.add_argument("--database", default="default")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        """Prune, or count with ``--dry-run``; pending work is never touched."""
+        days = options["days"] or hookpost_settings.RETENTION_DAYS
+        before = timezone.now() - dt.timedelta(days=days)
+        counts = outbox.prune(before, using=options["database"], dry_run=options["dry_run"])
+        verb = "would delete" if options["dry_run"] else "deleted"
+        summary = ", ".join(f"{n} {name}" for name, n in counts.items())
+        self.stdout.write(f"{verb} {summary} older than {before.isoformat()}")

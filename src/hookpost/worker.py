@@ -1,0 +1,429 @@
+"""The delivery worker: fans out events, claims due deliveries, sends them concurrently, records outcomes.
+
+A plain class; ``manage.py hookpost_worker`` is a thin shell around it. HTTP runs
+on an asyncio loop (aiohttp); every database call runs on one dedicated thread,
+so the ORM stays synchronous and one connection serves the worker. Outcomes are
+written in batches. On PostgreSQL a LISTEN connection wakes the worker when events
+or deliveries are committed; elsewhere, and as a fallback, it polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from hookpost import outbox
+from hookpost.conf import hookpost_settings
+from hookpost.delivery import build_request, redact_headers
+from hookpost.models import Endpoint
+from hookpost.retry import Breaker, Outcome, RetryPolicy
+from hookpost.transports import Response, Transport, TransportError
+
+logger = logging.getLogger("hookpost.worker")
+
+T = TypeVar("T")
+
+#: The channel PostgreSQL notifies when events or deliveries are inserted (see migrations).
+CHANNEL = "hookpost"
+
+_ERROR_KINDS: dict[str, str] = {
+    "TransportTimeout": "timeout",
+    "ConnectError": "connect",
+    "AddressNotAllowed": "address_not_allowed",
+    "InvalidRequestURL": "invalid_url",
+}
+
+
+@dataclass
+class WorkerStats:
+    """Counters of one worker run, for the progress line and for tests."""
+
+    fanned_out: int = 0
+    sent: int = 0
+    delivered: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def line(self) -> str:
+        """One status line: counts and the delivery rate."""
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        return (
+            f"events {self.fanned_out}  sent {self.sent}  delivered {self.delivered}  "
+            f"failed {self.failed}  in flight {self.in_flight}  {self.sent / elapsed:.0f}/s"
+        )
+
+
+def default_worker_id() -> str:
+    """``host:pid:random``: unique per process, readable in the lease columns."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def build_transport() -> Transport:
+    """The transport named by ``HOOKPOST["TRANSPORT"]``, configured from the settings."""
+    cls = import_string(hookpost_settings.TRANSPORT)
+    if cls.__name__ == "HttpTransport":
+        return cls(  # type: ignore[no-any-return]
+            allowed_networks=hookpost_settings.ALLOWED_NETWORKS,
+            connect_timeout=hookpost_settings.CONNECT_TIMEOUT,
+            total_timeout=hookpost_settings.TOTAL_TIMEOUT,
+            max_response_bytes=hookpost_settings.MAX_RESPONSE_BYTES,
+        )
+    return cls()  # type: ignore[no-any-return]
+
+
+class Worker:
+    """Delivers webhooks until stopped (or, in burst mode, until nothing is due)."""
+
+    def __init__(
+        self,
+        *,
+        using: str = "default",
+        worker_id: str | None = None,
+        concurrency: int = 50,
+        batch_size: int = 100,
+        transport: Transport | None = None,
+        poll_interval: float | None = None,
+        lease: dt.timedelta | None = None,
+        on_progress: Callable[[WorkerStats], None] | None = None,
+    ) -> None:
+        if concurrency < 1 or batch_size < 1:
+            raise ValueError("concurrency and batch_size must be at least 1")
+        self.using = using
+        self.worker_id = worker_id or default_worker_id()
+        self.concurrency = concurrency
+        self.batch_size = batch_size
+        self.transport = transport
+        self.poll_interval = hookpost_settings.POLL_INTERVAL if poll_interval is None else poll_interval
+        self.lease = lease or dt.timedelta(seconds=hookpost_settings.LEASE_SECONDS)
+        self.on_progress = on_progress
+        self.stats = WorkerStats()
+        self.breaker = Breaker(
+            threshold=hookpost_settings.CIRCUIT_THRESHOLD,
+            cooldown=dt.timedelta(seconds=hookpost_settings.CIRCUIT_COOLDOWN),
+        )
+        self.disable_after = dt.timedelta(seconds=hookpost_settings.DISABLE_AFTER)
+        self._default_policy = self._policy(hookpost_settings.RETRY_SCHEDULE)
+        self._policies: dict[str, RetryPolicy] = {}
+        self._stopping = threading.Event()
+        self._forced = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._db = ThreadPoolExecutor(1, thread_name_prefix="hookpost-db")
+        self._results: list[outbox.AttemptResult] = []
+        self._last_flush = time.monotonic()
+        self._leased: set[int] = set()
+
+    # -- public control --
+
+    def run(self, *, burst: bool = False, handle_signals: bool = False) -> WorkerStats:
+        """Run until ``stop()`` (or a signal, with ``handle_signals``); ``burst`` exits when idle."""
+        try:
+            asyncio.run(self._main(burst=burst, handle_signals=handle_signals))
+        finally:
+            self._db.submit(connections.close_all).result()
+            self._db.shutdown(wait=True)
+        return self.stats
+
+    def stop(self) -> None:
+        """Stop claiming; finish what is in flight (within its timeout), release the rest, exit."""
+        self._stopping.set()
+        self._poke()
+
+    # -- the loop --
+
+    async def _main(self, *, burst: bool, handle_signals: bool) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        if handle_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(signum, self._on_signal)
+        transport = self.transport or build_transport()
+        listener = None if burst else self._start_listener()
+        tasks: set[asyncio.Task[None]] = set()
+        logger.info("worker started id=%s concurrency=%d", self.worker_id, self.concurrency)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    busy = await self._cycle(tasks, transport, burst)
+                except DatabaseError:
+                    logger.warning("database unavailable; retrying", exc_info=True)
+                    await asyncio.sleep(min(self.poll_interval, 1.0) or 0.1)
+                    continue
+                if busy is None:
+                    break
+                if not busy:
+                    await self._idle(tasks)
+        finally:
+            await self._shutdown(tasks)
+            if listener is not None:
+                listener.set()
+            if self.transport is None:
+                await _close(transport)
+            logger.info("worker stopped id=%s %s", self.worker_id, self.stats.line())
+
+    async def _cycle(self, tasks: set[asyncio.Task[None]], transport: Transport, burst: bool) -> bool | None:
+        """One round: record outcomes, fan out, claim and start sends. None: burst is done."""
+        # Outcomes first: a recorded retry is due again, and a recorded delivery frees its
+        # endpoint's in-flight slot for this round's claim.
+        if self._results and (
+            len(self._results) >= self.batch_size
+            or time.monotonic() - self._last_flush > 0.05
+            or len(tasks) < self.concurrency // 2
+        ):
+            await self._flush()
+        fanned = await self._call(outbox.fan_out, using=self.using, limit=max(self.batch_size, 100))
+        self.stats.fanned_out += fanned
+        claims: list[outbox.Claim] = []
+        room = self.concurrency - len(tasks)
+        if room > 0:
+            claims = await self._call(
+                outbox.claim,
+                worker_id=self.worker_id,
+                limit=min(room, self.batch_size),
+                lease=self.lease,
+                using=self.using,
+                breaker=self.breaker,
+                max_in_flight=hookpost_settings.MAX_IN_FLIGHT,
+            )
+        for claim in claims:
+            self._leased.add(claim.delivery.id)
+            task = asyncio.create_task(self._deliver(claim, transport))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        self.stats.in_flight = len(tasks)
+        if self.on_progress:
+            self.on_progress(self.stats)
+        if burst and not fanned and not claims and not tasks and not self._results:
+            return None
+        return bool(claims or fanned)
+
+    async def _idle(self, tasks: set[asyncio.Task[None]]) -> None:
+        """Wait for a wake-up: a finished request, a notification, or the poll interval."""
+        assert self._wake is not None
+        self._wake.clear()
+        timeout = self.poll_interval
+        if self._results:
+            timeout = min(timeout, 0.05)
+        waiters: list[Awaitable[Any]] = [self._wake.wait()]
+        if tasks:
+            waiters.append(asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED))
+        pending = [asyncio.ensure_future(w) for w in waiters]
+        try:
+            await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in pending:
+                future.cancel()
+
+    async def _deliver(self, claim: outbox.Claim, transport: Transport) -> None:
+        delivery = claim.delivery
+        endpoint = delivery.endpoint
+        if claim.send_at is not None:
+            delay = (claim.send_at - timezone.now()).total_seconds()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        started_at = timezone.now()
+        request = build_request(delivery.event, endpoint, now=started_at, sequence=delivery.sequence)
+        begun = time.perf_counter()
+        response: Response | None = None
+        error = ""
+        kind: str | None = None
+        try:
+            send = transport.send(request)
+            if endpoint.timeout:
+                response = await asyncio.wait_for(send, endpoint.timeout)
+            else:
+                response = await send
+        except TransportError as exc:
+            kind = _ERROR_KINDS.get(type(exc).__name__, "transport")
+            error = f"{type(exc).__name__}: {exc}"
+        except TimeoutError:
+            kind, error = "timeout", f"TransportTimeout: no answer within {endpoint.timeout} s"
+        except Exception as exc:  # a transport bug must not kill the worker or lose the lease
+            logger.exception("transport failed on delivery %s", delivery.id)
+            kind, error = "transport", f"{type(exc).__name__}: {exc}"
+        duration_ms = int((time.perf_counter() - begun) * 1000)
+        outcome = Outcome(
+            status_code=response.status_code if response else None,
+            error=kind,
+            retry_after=response.headers.get("retry-after") if response else None,
+        )
+        number = delivery.attempt_count + 1
+        decision = self._policy_for(endpoint).decide(outcome, number, timezone.now())
+        self.stats.sent += 1
+        if response is not None and 200 <= response.status_code < 300:
+            self.stats.delivered += 1
+        else:
+            self.stats.failed += 1
+        logger.info(
+            "attempt delivery=%s event=%s endpoint=%s attempt=%d status=%s duration_ms=%d verdict=%s",
+            delivery.id,
+            delivery.event_id,
+            endpoint.id,
+            number,
+            response.status_code if response else error,
+            duration_ms,
+            decision.verdict,
+        )
+        self._results.append(
+            outbox.AttemptResult(
+                delivery_id=delivery.id,
+                endpoint_id=endpoint.id,
+                event_id=delivery.event_id,
+                number=number,
+                started_at=started_at,
+                duration_ms=duration_ms,
+                request_headers=redact_headers(request.headers),
+                status_code=response.status_code if response else None,
+                response_body=_body_text(response) if response else "",
+                error=error or (decision.reason if response and response.status_code >= 300 else ""),
+                decision=decision,
+            )
+        )
+
+    async def _flush(self) -> None:
+        results, self._results = self._results, []
+        self._last_flush = time.monotonic()
+        if not results:
+            return
+        try:
+            await self._call(
+                outbox.record_results,
+                results,
+                using=self.using,
+                breaker=self.breaker,
+                disable_after=self.disable_after,
+            )
+        except BaseException:
+            # Not recorded: keep them for the next flush (the leases still hold them).
+            self._results[:0] = results
+            raise
+        self._leased.difference_update(r.delivery_id for r in results)
+
+    async def _shutdown(self, tasks: set[asyncio.Task[None]]) -> None:
+        """Let in-flight requests finish (they are bounded by their timeouts), then settle."""
+        if tasks and not self._forced:
+            await asyncio.wait(tasks, timeout=hookpost_settings.TOTAL_TIMEOUT + 5)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._flush()
+        if self._leased:
+            released = await self._call(
+                outbox.release, sorted(self._leased), worker_id=self.worker_id, using=self.using
+            )
+            logger.info("released %d leases", released)
+            self._leased.clear()
+
+    # -- helpers --
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._db, partial(_in_db_thread, fn, *args, **kwargs))
+
+    def _poke(self) -> None:
+        if self._loop is not None and self._wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop may be closing
+                self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _on_signal(self) -> None:
+        if self._stopping.is_set():
+            logger.warning("second signal: exiting without waiting for requests in flight")
+            self._forced = True
+        else:
+            logger.info("signal received: finishing requests in flight, then exiting")
+        self.stop()
+
+    def _policy(self, schedule: object) -> RetryPolicy:
+        kwargs: dict[str, Any] = {
+            "jitter": hookpost_settings.RETRY_JITTER,
+            "max_retry_after": dt.timedelta(seconds=hookpost_settings.MAX_RETRY_AFTER),
+        }
+        if schedule is None:
+            return RetryPolicy(**kwargs)
+        return RetryPolicy(RetryPolicy.from_config(schedule).schedule, **kwargs)
+
+    def _policy_for(self, endpoint: Endpoint) -> RetryPolicy:
+        if not endpoint.retry_schedule:
+            return self._default_policy
+        key = repr(endpoint.retry_schedule)
+        policy = self._policies.get(key)
+        if policy is None:
+            policy = self._policies[key] = self._policy(endpoint.retry_schedule)
+        return policy
+
+    def _start_listener(self) -> threading.Event | None:
+        """On PostgreSQL (psycopg 3), LISTEN in a thread and wake the loop on each notification."""
+        connection = connections[self.using]
+        if connection.vendor != "postgresql":
+            return None
+        done = threading.Event()
+        thread = threading.Thread(
+            target=_listen, args=(self.using, done, self._poke), name="hookpost-listen", daemon=True
+        )
+        thread.start()
+        return done
+
+
+def _in_db_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    try:
+        return fn(*args, **kwargs)
+    except (InterfaceError, OperationalError):
+        # The database dropped the connection (restart, idle timeout): drop ours too, so
+        # the next call opens a fresh one instead of failing forever.
+        for connection in connections.all(initialized_only=True):
+            with contextlib.suppress(Exception):
+                connection.close()
+        raise
+
+
+def _listen(using: str, done: threading.Event, wake: Callable[[], None]) -> None:
+    """Hold a LISTEN connection until ``done``; reconnect after errors; poll covers any gap."""
+    wrapper = connections[using]
+    while not done.is_set():
+        raw = None
+        try:
+            raw = wrapper.get_new_connection(wrapper.get_connection_params())
+            if not hasattr(raw, "notifies"):  # psycopg2: polling only
+                return
+            raw.autocommit = True
+            raw.execute(f"LISTEN {CHANNEL}")
+            while not done.is_set():
+                for _ in raw.notifies(timeout=0.5, stop_after=1):
+                    wake()
+        except Exception:
+            logger.warning("LISTEN connection lost; polling until it is back", exc_info=True)
+            done.wait(1.0)
+        finally:
+            if raw is not None:
+                with contextlib.suppress(Exception):
+                    raw.close()
+
+
+async def _close(transport: Transport) -> None:
+    close = getattr(transport, "close", None)
+    if close is not None:
+        await close()
+
+
+def _body_text(response: Response) -> str:
+    text = response.body.decode("utf-8", errors="replace")
+    return text + " […truncated]" if response.truncated else text

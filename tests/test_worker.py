@@ -1,0 +1,388 @@
+"""The worker end to end: real HTTP receivers on 127.0.0.1, both databases, every outcome."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+
+import pytest
+from django.test.utils import override_settings
+from django.utils import timezone
+from standardwebhooks.webhooks import Webhook
+
+from hookpost import signals
+from hookpost.models import Attempt, Delivery, Endpoint, Event
+from hookpost.worker import Worker
+from library.models import Author, Book
+from tests.receiver import Receiver
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
+
+
+@pytest.fixture
+def receiver():
+    with Receiver() as r:
+        yield r
+
+
+def make_endpoint(receiver: Receiver, path: str = "/hooks", **options: object) -> Endpoint:
+    options.setdefault("event_types", ["library.*"])
+    return Endpoint.objects.create(url=receiver.url(path), **options)
+
+
+def drain(**options: object) -> Worker:
+    worker = Worker(concurrency=options.pop("concurrency", 10), poll_interval=0.01, **options)
+    worker.run(burst=True)
+    return worker
+
+
+def listen(signal):
+    seen: list[dict] = []
+
+    def receiver(**kwargs):
+        seen.append(kwargs)
+
+    signal.connect(receiver, weak=False, dispatch_uid=f"test-{id(seen)}")
+    return seen
+
+
+# --- delivering -----------------------------------------------------------------------------
+
+
+def test_a_committed_change_arrives_signed_and_verifiable(receiver):
+    endpoint = make_endpoint(receiver)
+    author = Author.objects.create(name="Le Guin")
+    drain()
+    [request] = receiver.received()
+    payload = Webhook(endpoint.signing_secrets()[0]).verify(request.body, request.headers)
+    assert payload["type"] == "library.author.created"
+    assert payload["data"]["pk"] == author.pk
+    event = Event.objects.get()
+    assert request.headers["webhook-id"] == event.id
+    assert request.body == event.payload.encode()
+    delivery = Delivery.objects.get()
+    assert delivery.status == Delivery.Status.DELIVERED
+    assert delivery.attempt_count == 1 and delivery.lease_owner == ""
+    attempt = Attempt.objects.get()
+    assert (attempt.status_code, attempt.verdict, attempt.number) == (200, "delivered", 1)
+    assert attempt.response_body == "ok"
+    assert attempt.request_headers["webhook-id"] == event.id
+
+
+def test_every_subscribed_endpoint_gets_each_event_once_and_others_none(receiver):
+    books = make_endpoint(receiver, "/books", event_types=["library.book.*"])
+    everything = make_endpoint(receiver, "/all", event_types=["*"])
+    make_endpoint(receiver, "/paused", status=Endpoint.Status.PAUSED)
+    make_endpoint(receiver, "/disabled", status=Endpoint.Status.DISABLED)
+    author = Author.objects.create(name="a")
+    Book.objects.create(title="b", author=author)
+    drain()
+    assert len(receiver.received("/books")) == 1
+    assert len(receiver.received("/all")) == 2
+    assert receiver.received("/paused") == receiver.received("/disabled") == []
+    # The paused endpoint's delivery waits; the disabled one never had one.
+    paused = Delivery.objects.filter(endpoint__status="paused")
+    assert [(d.status, d.attempt_count) for d in paused] == [("pending", 0)] * 2
+    assert Delivery.objects.filter(endpoint__status="disabled").count() == 0
+    assert {d.endpoint_id for d in Delivery.objects.delivered()} == {books.id, everything.id}
+
+
+def test_no_webhook_for_a_rolled_back_transaction(receiver):
+    from django.db import transaction
+
+    make_endpoint(receiver)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Author.objects.create(name="never")
+        raise RuntimeError
+    Author.objects.create(name="kept")
+    drain()
+    assert [json.loads(r.body)["data"]["fields"]["name"] for r in receiver.received()] == ["kept"]
+
+
+def test_deliveries_succeeded_signal_fires_after_commit(receiver):
+    make_endpoint(receiver)
+    seen = listen(signals.delivery_succeeded)
+    Author.objects.create(name="a")
+    drain()
+    [call] = seen
+    assert call["attempt"] == 1 and call["event_id"] == Event.objects.get().id
+
+
+# --- outcomes by status class ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "verdict", "status"),
+    [
+        (201, "delivered", "delivered"),
+        (204, "delivered", "delivered"),
+        ((302, {"Location": "http://169.254.169.254/"}), "retry", "pending"),
+        (400, "retry", "pending"),
+        (404, "retry", "pending"),
+        (500, "retry", "pending"),
+        (503, "retry", "pending"),
+    ],
+)
+def test_each_status_class_is_classified(receiver, answer, verdict, status):
+    receiver.script("/hooks", answer)
+    make_endpoint(receiver)
+    Author.objects.create(name="a")
+    drain()
+    attempt = Attempt.objects.get()
+    assert attempt.verdict == verdict
+    delivery = Delivery.objects.get()
+    assert delivery.status == status
+    if status == "pending":
+        # The schedule's second step is 5 s (±20% jitter).
+        wait = (delivery.next_attempt_at - attempt.started_at).total_seconds()
+        assert 3.9 <= wait <= 6.1
+    assert len(receiver.received()) == 1  # a redirect is not followed
+
+
+def test_retry_after_on_429_is_honoured(receiver):
+    receiver.script("/hooks", (429, {"Retry-After": "120"}))
+    make_endpoint(receiver)
+    Author.objects.create(name="a")
+    drain()
+    delivery = Delivery.objects.get()
+    attempt = Attempt.objects.get()
+    wait = (delivery.next_attempt_at - attempt.started_at).total_seconds()
+    assert 119 <= wait <= 125
+
+
+def test_410_disables_the_endpoint_and_cancels_its_pending_deliveries(receiver):
+    receiver.script("/hooks", 410)
+    endpoint = make_endpoint(receiver, max_in_flight=1)
+    disabled = listen(signals.endpoint_disabled)
+    Author.objects.create(name="a")
+    Author.objects.create(name="b")
+    drain()
+    endpoint.refresh_from_db()
+    assert endpoint.status == Endpoint.Status.DISABLED
+    assert "410" in endpoint.status_reason
+    assert len(receiver.received()) == 1
+    assert sorted(Delivery.objects.values_list("status", flat=True)) == ["cancelled", "cancelled"]
+    assert [d["endpoint_id"] for d in disabled] == [endpoint.id]
+
+
+def test_a_timeout_is_recorded_and_retried(receiver):
+    receiver.script("/hooks", "hang")
+    make_endpoint(receiver, timeout=0.3)
+    Author.objects.create(name="a")
+    drain()
+    attempt = Attempt.objects.get()
+    assert attempt.status_code is None and attempt.verdict == "retry"
+    assert "Timeout" in attempt.error
+
+
+@override_settings(HOOKPOST={"ALLOWED_NETWORKS": [], "ALLOW_HTTP": True})
+def test_a_hostname_resolving_to_loopback_is_refused_when_not_allow_listed(receiver):
+    Endpoint.objects.create(url=f"http://localhost:{receiver.port}/hooks", event_types=["*"])
+    Author.objects.create(name="a")
+    drain()
+    attempt = Attempt.objects.get()
+    assert attempt.status_code is None and "AddressNotAllowed" in attempt.error
+    assert receiver.received() == []
+
+
+def test_failing_twice_then_succeeding_delivers_with_the_same_webhook_id(receiver):
+    receiver.script("/hooks", 500, 502, 200)
+    make_endpoint(receiver, retry_schedule=[0, 0, 0, 0])
+    Author.objects.create(name="a")
+    drain()
+    requests = receiver.received()
+    assert len(requests) == 3
+    assert len({r.headers["webhook-id"] for r in requests}) == 1
+    assert list(Attempt.objects.order_by("number").values_list("verdict", flat=True)) == [
+        "retry",
+        "retry",
+        "delivered",
+    ]
+    assert Delivery.objects.get().status == "delivered"
+
+
+def test_exhausted_attempts_make_the_delivery_dead(receiver):
+    receiver.script("/hooks", 500)
+    make_endpoint(receiver, retry_schedule=[0, 0, 0])
+    exhausted = listen(signals.delivery_exhausted)
+    Author.objects.create(name="a")
+    drain()
+    assert Delivery.objects.get().status == "dead"
+    assert Attempt.objects.count() == 3 and len(exhausted) == 1
+
+
+# --- fairness, ordering, limits -------------------------------------------------------------
+
+
+def test_a_failing_endpoint_opens_its_circuit_and_healthy_ones_keep_flowing(receiver):
+    receiver.script("/down", 503)
+    # One at a time, so the count at which the circuit opens is exact.
+    down = make_endpoint(receiver, "/down", retry_schedule=[0] * 20, max_in_flight=1)
+    make_endpoint(receiver, "/up")
+    for i in range(20):
+        Author.objects.create(name=str(i))
+    drain()
+    assert len(receiver.received("/up")) == 20
+    down.refresh_from_db()
+    # 5 consecutive failures open the circuit; the rest wait for the probe time.
+    assert down.consecutive_failures == 5
+    assert down.blocked_until > timezone.now()
+    assert len(receiver.received("/down")) == 5
+
+
+def test_fifo_endpoint_receives_in_event_order_one_at_a_time_with_sequence_numbers(receiver):
+    receiver.script("/fifo", 500, 500, 200)
+    make_endpoint(receiver, "/fifo", fifo=True, retry_schedule=[0] * 5)
+    for i in range(5):
+        Author.objects.create(name=str(i))
+    drain(concurrency=20)
+    requests = receiver.received("/fifo")
+    delivered = [json.loads(r.body)["data"]["fields"]["name"] for r in requests[2:]]
+    assert delivered == ["0", "1", "2", "3", "4"]
+    assert [r.headers["webhook-sequence"] for r in requests] == ["1", "1", "1", "2", "3", "4", "5"]
+
+
+def test_rate_limit_spaces_requests_to_an_endpoint(receiver):
+    make_endpoint(receiver, rate_limit=20)
+    for i in range(10):
+        Author.objects.create(name=str(i))
+    drain(concurrency=20)
+    times = sorted(r.at for r in receiver.received())
+    assert len(times) == 10
+    # 10 requests at 20/s: the last goes no sooner than 9 intervals after the first.
+    assert times[-1] - times[0] >= 9 / 20 * 0.9
+
+
+def test_per_endpoint_in_flight_cap_holds(receiver):
+    active = []
+    peak = []
+    lock = threading.Lock()
+    gate = threading.Event()
+
+    def slow(request):
+        with lock:
+            active.append(1)
+            peak.append(len(active))
+        gate.wait(0.2)
+        with lock:
+            active.pop()
+        return 200
+
+    receiver.script("/slow", slow)
+    make_endpoint(receiver, "/slow", max_in_flight=2)
+    for i in range(6):
+        Author.objects.create(name=str(i))
+    drain(concurrency=20)
+    assert len(receiver.received()) == 6
+    assert max(peak) <= 2
+
+
+# --- leases ---------------------------------------------------------------------------------------
+
+
+def test_leases_are_released_when_the_worker_stops_with_nothing_recorded(receiver):
+    make_endpoint(receiver)
+    Author.objects.create(name="a")
+    from hookpost import outbox
+
+    outbox.fan_out()
+    [claim] = outbox.claim(worker_id="w-gone", limit=10, lease=dt.timedelta(minutes=5))
+    assert Delivery.objects.leased().count() == 1
+    assert outbox.release([claim.delivery.id], worker_id="w-gone") == 1
+    assert Delivery.objects.due().count() == 1
+
+
+def test_an_expired_lease_is_claimed_again(receiver):
+    from hookpost import outbox
+
+    make_endpoint(receiver)
+    Author.objects.create(name="a")
+    outbox.fan_out()
+    now = timezone.now()
+    outbox.claim(worker_id="w-dead", limit=10, lease=dt.timedelta(seconds=30), now=now)
+    assert outbox.claim(worker_id="w2", limit=10, lease=dt.timedelta(seconds=30), now=now) == []
+    later = now + dt.timedelta(seconds=31)
+    [again] = outbox.claim(worker_id="w2", limit=10, lease=dt.timedelta(seconds=30), now=later)
+    assert again.delivery.lease_owner == "w2"
+
+
+# --- real worker processes ----------------------------------------------------------------------
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from django.db import connection  # noqa: E402
+
+CHILD = Path(__file__).with_name("worker_child.py")
+
+
+def start_worker(*, lease: float = 60, burst: bool = False, worker_id: str = "", concurrency: int = 20):
+    env = {
+        **os.environ,
+        "HOOKPOST_CHILD_DB": connection.settings_dict["NAME"],
+        "HOOKPOST_CHILD_LEASE": str(lease),
+        "HOOKPOST_CHILD_BURST": "1" if burst else "",
+        "HOOKPOST_CHILD_ID": worker_id or f"child-{time.monotonic_ns()}",
+        "HOOKPOST_CHILD_CONCURRENCY": str(concurrency),
+    }
+    return subprocess.Popen(
+        [sys.executable, str(CHILD)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_a_worker_killed_with_sigkill_loses_nothing_and_redelivers_with_the_same_ids(receiver):
+    receiver.script("/hooks", "hang")
+    make_endpoint(receiver)
+    for i in range(5):
+        Author.objects.create(name=str(i))
+    child = start_worker(lease=2)
+    try:
+        first = receiver.wait_for(5, timeout=30)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.communicate(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    assert Delivery.objects.leased().count() == 5  # held by a dead worker
+    receiver.script("/hooks", 200)
+    time.sleep(2.2)  # the dead worker's leases run out
+    drain()
+    assert Delivery.objects.delivered().count() == 5
+    again = receiver.received()[5:]
+    assert sorted(r.headers["webhook-id"] for r in again) == sorted(r.headers["webhook-id"] for r in first)
+
+
+def test_two_workers_never_send_the_same_delivery(receiver):
+    make_endpoint(receiver, "/a", max_in_flight=50)
+    make_endpoint(receiver, "/b", max_in_flight=50)
+    from hookpost.capture import emit
+
+    for i in range(150):
+        emit("library.author.imported", {"n": i})
+    workers = [start_worker(burst=True, worker_id=f"w{i}") for i in range(2)]
+    for child in workers:
+        _, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+    ids = [(r.path, r.headers["webhook-id"]) for r in receiver.received()]
+    assert len(ids) == 300
+    assert len(set(ids)) == 300  # no delivery sent twice
+    assert Delivery.objects.delivered().count() == 300
+    assert not Delivery.objects.exclude(lease_owner="").exists()
+
+
+def test_sigterm_finishes_requests_in_flight_then_exits(receiver):
+    receiver.script("/hooks", lambda request: (time.sleep(0.5), 200)[1])
+    make_endpoint(receiver)
+    for i in range(3):
+        Author.objects.create(name=str(i))
+    child = start_worker()
+    receiver.wait_for(3, timeout=30)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err
+    assert Delivery.objects.delivered().count() == 3
+    assert Delivery.objects.leased().count() == 0
