@@ -81,7 +81,12 @@ class DemoReceiver:
             status = 503
         else:
             status = 200
-        self.arrived.append((headers["webhook-id"], payload["type"], f"{verdict} → answered {status}"))
+        origin = payload.get("origin")
+        how = ""
+        if origin:
+            how = f" (cascade from {origin['model']} {origin['pk']})" if origin["cascade"] else " (direct)"
+        label = f"{payload['type']} pk={payload['data'].get('pk', '-')}{how}"
+        self.arrived.append((headers["webhook-id"], label, f"{verdict} → answered {status}"))
         return status
 
 
@@ -129,9 +134,9 @@ def main() -> int:
 
     step("What arrived at the receiver")
     for msg_id, event_type, verdict in receiver.arrived:
-        print(f"  {msg_id}  {event_type:<24} {verdict}")
+        print(f"  {msg_id}  {event_type:<54} {verdict}")
     assert not any("Never committed" in str(a) for a in receiver.arrived)
-    deletes = [a for a in receiver.arrived if a[1] == "library.book.deleted"]
+    deletes = [a for a in receiver.arrived if a[1].startswith("library.book.deleted")]
     print(
         f"  {len(receiver.arrived)} webhooks, {len(deletes)} of them book deletes; "
         "the rolled-back author sent nothing"

@@ -634,28 +634,29 @@ def prune(
 ) -> dict[str, int]:
     """Delete what finished before ``before``: attempts, finished deliveries, then events left bare.
 
-    Pending work is never pruned, nor an event that still has a delivery. Deletes
-    go in chunks so a large backlog never holds one huge transaction. With
-    ``dry_run`` nothing is deleted and the counts say what would be.
+    Pending work is never pruned, nor an event that keeps a delivery. Deletes go in
+    chunks so a large backlog never holds one huge transaction. With ``dry_run``
+    nothing is deleted and the counts say what would be.
     """
-    manager = partial(Delivery.objects.using, using)
+    deliveries = Delivery.objects.using(using)
+    kept = deliveries.filter(
+        Q(status=Delivery.Status.PENDING)
+        | Q(finished_at__isnull=True)
+        | Q(finished_at__gte=before)
+        | Q(attempts__started_at__gte=before)
+        # An original goes after its replays: it anchors their (event, endpoint) uniqueness.
+        | Q(replays__isnull=False)
+    )
     tables: list[tuple[str, Callable[[], models.QuerySet[Any]]]] = [
-        ("attempts", lambda: Attempt.objects.using(using).older_than(before)),
-        (
-            "deliveries",
-            lambda: (
-                manager()
-                .exclude(status=Delivery.Status.PENDING)
-                .filter(finished_at__lt=before)
-                .exclude(attempts__started_at__gte=before)
-            ),
-        ),
+        ("attempts", lambda: Attempt.objects.using(using).older_than(before).exclude(delivery__in=kept)),
+        ("deliveries", lambda: deliveries.exclude(id__in=kept.values("id"))),
         (
             "events",
             lambda: (
                 Event.objects.using(using)
-                .filter(occurred_at__lt=before, deliveries__isnull=True)
+                .filter(occurred_at__lt=before)
                 .exclude(fanned_out_at__isnull=True, error="")
+                .exclude(deliveries__in=kept.values("id"))
             ),
         ),
     ]
