@@ -386,3 +386,124 @@ def test_sigterm_finishes_requests_in_flight_then_exits(receiver):
     assert child.returncode == 0, err
     assert Delivery.objects.delivered().count() == 3
     assert Delivery.objects.leased().count() == 0
+
+
+# --- health, signals, attempt log, wake-ups ---------------------------------------------------
+
+
+def test_an_open_circuit_probes_once_and_recovers_on_success(receiver):
+    endpoint = make_endpoint(receiver)
+    Endpoint.objects.filter(id=endpoint.id).update(
+        consecutive_failures=7,
+        failing_since=timezone.now() - dt.timedelta(hours=1),
+        last_failure_at=timezone.now() - dt.timedelta(minutes=5),
+        blocked_until=timezone.now() - dt.timedelta(seconds=1),
+    )
+    recovered = listen(signals.endpoint_recovered)
+    for i in range(3):
+        Author.objects.create(name=str(i))
+    drain()
+    endpoint.refresh_from_db()
+    assert (endpoint.consecutive_failures, endpoint.failing_since, endpoint.blocked_until) == (0, None, None)
+    assert endpoint.last_success_at is not None
+    assert [r["endpoint_id"] for r in recovered] == [endpoint.id]
+    assert len(receiver.received()) == 3
+
+
+def test_a_probe_that_fails_keeps_the_circuit_open_longer(receiver):
+    receiver.script("/hooks", 500)
+    endpoint = make_endpoint(receiver)
+    Endpoint.objects.filter(id=endpoint.id).update(
+        consecutive_failures=5,
+        failing_since=timezone.now() - dt.timedelta(hours=1),
+        last_failure_at=timezone.now() - dt.timedelta(minutes=5),
+        blocked_until=timezone.now() - dt.timedelta(seconds=1),
+    )
+    for i in range(3):
+        Author.objects.create(name=str(i))
+    drain()
+    endpoint.refresh_from_db()
+    assert len(receiver.received()) == 1  # one probe only
+    assert endpoint.consecutive_failures == 6
+    assert endpoint.blocked_until - endpoint.last_failure_at == dt.timedelta(seconds=60)
+
+
+def test_an_endpoint_failing_past_the_disable_span_is_disabled(receiver):
+    receiver.script("/hooks", 500)
+    endpoint = make_endpoint(receiver)
+    Endpoint.objects.filter(id=endpoint.id).update(
+        consecutive_failures=1, failing_since=timezone.now() - dt.timedelta(days=5, minutes=1)
+    )
+    disabled = listen(signals.endpoint_disabled)
+    failed = listen(signals.delivery_failed)
+    Author.objects.create(name="a")
+    drain()
+    endpoint.refresh_from_db()
+    assert endpoint.status == Endpoint.Status.DISABLED
+    assert "no success since" in endpoint.status_reason
+    assert Delivery.objects.get().status == Delivery.Status.CANCELLED
+    assert [d["endpoint_id"] for d in disabled] == [endpoint.id]
+    assert [(f["status_code"], f["verdict"]) for f in failed] == [(500, "retry")]
+
+
+def test_a_success_resets_the_failure_streak(receiver):
+    receiver.script("/hooks", 500, 200)
+    endpoint = make_endpoint(receiver, retry_schedule=[0, 0])
+    Author.objects.create(name="a")
+    drain()
+    endpoint.refresh_from_db()
+    assert endpoint.consecutive_failures == 0 and endpoint.failing_since is None
+
+
+def test_the_attempt_log_keeps_no_credentials_and_caps_the_response(receiver):
+    receiver.script("/hooks", (500, {}, "x" * 100_000))
+    make_endpoint(receiver, headers={"Authorization": "Bearer s3cret", "X-Api-Key": "k", "X-Team": "a"})
+    Author.objects.create(name="a")
+    with override_settings(
+        HOOKPOST={"ALLOWED_NETWORKS": ["127.0.0.0/8"], "ALLOW_HTTP": True, "MAX_RESPONSE_BYTES": 1000}
+    ):
+        drain()
+    [request] = receiver.received()
+    assert request.headers["authorization"] == "Bearer s3cret"  # sent…
+    attempt = Attempt.objects.get()
+    assert attempt.request_headers["Authorization"] == "[redacted]"  # …but not logged
+    assert attempt.request_headers["X-Api-Key"] == "[redacted]"
+    assert attempt.request_headers["X-Team"] == "a"
+    assert "s3cret" not in json.dumps(attempt.request_headers)
+    assert attempt.response_body == "x" * 1000 + " […truncated]"
+
+
+def test_the_transport_is_chosen_by_setting():
+    from hookpost.transports.memory import MemoryTransport
+    from hookpost.worker import build_transport
+
+    with override_settings(HOOKPOST={"TRANSPORT": "hookpost.transports.memory.MemoryTransport"}):
+        assert isinstance(build_transport(), MemoryTransport)
+
+
+def test_the_memory_transport_records_what_the_worker_sends():
+    from hookpost.transports.memory import MemoryTransport
+
+    transport = MemoryTransport()
+    transport.script("https://hooks.example.com/x", 503, 200)
+    Endpoint.objects.create(url="https://hooks.example.com/x", event_types=["*"], retry_schedule=[0, 0])
+    Author.objects.create(name="a")
+    Worker(transport=transport, poll_interval=0.01).run(burst=True)
+    assert [r.url for r in transport.requests] == ["https://hooks.example.com/x"] * 2
+    assert Delivery.objects.get().status == "delivered"
+
+
+@pytest.mark.skipif("os.environ.get('HOOKPOST_DB') != 'postgresql'", reason="LISTEN/NOTIFY is PostgreSQL's")
+def test_postgresql_wakes_an_idle_worker_on_commit_without_polling(receiver):
+    make_endpoint(receiver)
+    worker = Worker(poll_interval=60)  # a poll would come far too late for this test
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        time.sleep(1.0)  # the worker is idle, listening
+        Author.objects.create(name="wake up")
+        receiver.wait_for(1, timeout=15)
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
