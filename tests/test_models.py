@@ -270,3 +270,39 @@ def test_bulk_writers_store_the_same_rows_the_orm_would(writer):
         (f"a.b{i}", f'{{"n":{i}}}', NOW, origin, "") for i in range(3)
     ] + [("a.c", "{}", NOW, None, "broken")]
     assert [e.type for e in Event.objects.awaiting_fan_out()] == ["a.b0", "a.b1", "a.b2"]
+
+
+# --- endpoint URLs ------------------------------------------------------------------------------
+
+from django.test.utils import override_settings  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("url", "settings_", "message"),
+    [
+        ("http://hooks.example.com/", {"ALLOW_HTTP": False}, "Use an https:// URL"),
+        ("https://10.1.2.3/in", {}, "10.1.2.3 is not a public address"),
+        ("https://169.254.169.254/latest", {}, "169.254.169.254 is not a public address"),
+        ("https://[::1]/in", {}, "::1 is not a public address"),
+        ("https://127.0.0.1/in", {}, "127.0.0.1 is not a public address"),
+    ],
+)
+def test_endpoint_urls_are_checked_when_saved_from_a_form(url, settings_, message):
+    with override_settings(HOOKPOST=settings_):
+        endpoint = Endpoint(url=url, event_types=["*"])
+        with pytest.raises(ValidationError, match=message):
+            endpoint.full_clean()
+
+
+@pytest.mark.parametrize(
+    ("url", "settings_"),
+    [
+        ("https://hooks.example.com/in", {}),
+        ("http://hooks.example.com/in", {"ALLOW_HTTP": True}),
+        ("https://127.0.0.1:8000/in", {"ALLOWED_NETWORKS": ["127.0.0.0/8"]}),
+        ("https://93.184.215.14/in", {}),
+    ],
+)
+def test_endpoint_urls_that_are_allowed_pass(url, settings_):
+    with override_settings(HOOKPOST=settings_):
+        Endpoint(url=url, event_types=["*"]).full_clean()
