@@ -290,3 +290,34 @@ def test_check_command_fails_on_a_bad_setting():
         pytest.raises(SystemCheckError, match="hookpost.E004"),
     ):
         call_command("check")
+
+
+def test_e013_transport_not_importable():
+    assert check_ids(TRANSPORT="no.such.Transport") == ["hookpost.E013"]
+    assert check_ids(TRANSPORT="json.JSONDecoder") == ["hookpost.E013"]
+
+
+def test_e014_allowed_networks_must_be_cidrs():
+    assert check_ids(ALLOWED_NETWORKS="127.0.0.0/8") == ["hookpost.E014"]
+    assert check_ids(ALLOWED_NETWORKS=["127.0.0.0/33"]) == ["hookpost.E014"]
+
+
+@pytest.mark.parametrize("name", ["CONNECT_TIMEOUT", "TOTAL_TIMEOUT", "MAX_IN_FLIGHT", "POLL_INTERVAL"])
+@pytest.mark.parametrize("value", [0, -1, "5", None])
+def test_e015_delivery_numbers_must_be_positive(name, value):
+    assert check_ids(**{name: value}) == ["hookpost.E015"]
+
+
+def test_e016_bad_retry_schedule_or_jitter():
+    assert check_ids(RETRY_SCHEDULE=["soon"]) == ["hookpost.E016"]
+    assert check_ids(RETRY_SCHEDULE=[]) == ["hookpost.E016"]
+    assert check_ids(RETRY_JITTER=1.5) == ["hookpost.E016"]
+    assert check_ids(RETRY_SCHEDULE=[0, "5s", "1h"]) == []
+
+
+def test_e017_unknown_runner():
+    assert check_ids(RUNNER="cron") == ["hookpost.E017"]
+
+
+def test_w002_lease_not_longer_than_the_timeout():
+    assert check_ids(LEASE_SECONDS=10, TOTAL_TIMEOUT=15) == ["hookpost.W002"]

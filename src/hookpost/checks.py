@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
 from django.apps import AppConfig, apps
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.utils.module_loading import import_string
 
 from hookpost.conf import DEFAULTS, hookpost_settings
 from hookpost.events import model_spec_problems
 from hookpost.registry import MODEL_OPTIONS, settings_registrations
+from hookpost.retry import RetryPolicy
 
 HINTS = {
     "hookpost.E001": "Use an 'app_label.ModelName' label of an installed app.",
@@ -24,6 +27,11 @@ HINTS = {
     "hookpost.E009": "Use dot-separated words such as 'shop.order'.",
     "hookpost.E011": "Give a whole number greater than 0.",
     "hookpost.E012": "Give True or False.",
+    "hookpost.E013": "Give the dotted path of a class with an async send(request) method.",
+    "hookpost.E014": "Give a list of networks in CIDR form, such as ['127.0.0.0/8', '10.1.0.0/16'].",
+    "hookpost.E015": "Give a number of seconds greater than 0.",
+    "hookpost.E016": "Give a list of delays such as [0, '5s', '5m', '2h'], or None for the default.",
+    "hookpost.E017": "Use 'worker' (the hookpost_worker command) or 'celery'.",
 }
 
 
@@ -58,6 +66,70 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
     if not isinstance(hookpost_settings.STRICT, bool):
         messages.append(_error("hookpost.E012", f"HOOKPOST['STRICT'] is {hookpost_settings.STRICT!r}."))
     messages.extend(_check_models(hookpost_settings.MODELS))
+    messages.extend(_check_delivery())
+    return messages
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def _check_delivery() -> list[CheckMessage]:
+    """Validate the delivery settings the worker reads."""
+    messages: list[CheckMessage] = []
+    try:
+        transport = import_string(hookpost_settings.TRANSPORT)
+        if not callable(getattr(transport, "send", None)):
+            raise ImportError("no send method")
+    except (ImportError, TypeError, ValueError) as exc:
+        messages.append(
+            _error("hookpost.E013", f"HOOKPOST['TRANSPORT'] = {hookpost_settings.TRANSPORT!r}: {exc}.")
+        )
+    networks = hookpost_settings.ALLOWED_NETWORKS
+    try:
+        if isinstance(networks, str) or not isinstance(networks, list | tuple):
+            raise ValueError("not a list")
+        for network in networks:
+            ipaddress.ip_network(network)
+    except (TypeError, ValueError) as exc:
+        messages.append(_error("hookpost.E014", f"HOOKPOST['ALLOWED_NETWORKS'] = {networks!r}: {exc}."))
+    for name in (
+        "CONNECT_TIMEOUT",
+        "TOTAL_TIMEOUT",
+        "MAX_RESPONSE_BYTES",
+        "MAX_IN_FLIGHT",
+        "CIRCUIT_THRESHOLD",
+        "CIRCUIT_COOLDOWN",
+        "DISABLE_AFTER",
+        "LEASE_SECONDS",
+        "POLL_INTERVAL",
+        "RETENTION_DAYS",
+        "MAX_RETRY_AFTER",
+    ):
+        value = getattr(hookpost_settings, name)
+        if not _positive(value):
+            messages.append(_error("hookpost.E015", f"HOOKPOST[{name!r}] is {value!r}."))
+    lease, total = hookpost_settings.LEASE_SECONDS, hookpost_settings.TOTAL_TIMEOUT
+    if _positive(lease) and _positive(total) and lease <= total:
+        messages.append(
+            Warning(
+                "HOOKPOST['LEASE_SECONDS'] is not longer than TOTAL_TIMEOUT: a slow request "
+                "could outlive its lease and be sent twice.",
+                hint="Make the lease comfortably longer than the total timeout.",
+                id="hookpost.W002",
+            )
+        )
+    schedule = hookpost_settings.RETRY_SCHEDULE
+    jitter = hookpost_settings.RETRY_JITTER
+    try:
+        if schedule is not None:
+            RetryPolicy.from_config(schedule)
+        RetryPolicy(jitter=jitter)
+    except (TypeError, ValueError) as exc:
+        messages.append(_error("hookpost.E016", f"HOOKPOST['RETRY_SCHEDULE'] / ['RETRY_JITTER']: {exc}"))
+    runner = hookpost_settings.RUNNER
+    if runner not in ("worker", "celery"):
+        messages.append(_error("hookpost.E017", f"HOOKPOST['RUNNER'] is {runner!r}."))
     return messages
 
 

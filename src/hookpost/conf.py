@@ -44,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "LEASE_SECONDS": 60,
     # Seconds between polls when nothing wakes the worker (PostgreSQL wakes it on commit).
     "POLL_INTERVAL": 1.0,
+    # What runs deliveries: "worker" (manage.py hookpost_worker) or "celery" (hookpost.runners.celery).
+    "RUNNER": "worker",
     # Days of attempts, finished deliveries and their events that hookpost_prune keeps.
     "RETENTION_DAYS": 30,
 }
