@@ -507,3 +507,21 @@ def test_postgresql_wakes_an_idle_worker_on_commit_without_polling(receiver):
         worker.stop()
         thread.join(timeout=30)
     assert not thread.is_alive()
+
+
+def test_a_second_sigterm_abandons_requests_in_flight_and_releases_their_leases(receiver):
+    receiver.script("/hooks", "hang")
+    make_endpoint(receiver)
+    for i in range(2):
+        Author.objects.create(name=str(i))
+    child = start_worker()
+    receiver.wait_for(2, timeout=30)
+    child.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=10)  # far less than the 15 s request timeout
+    assert child.returncode == 0, err
+    assert "abandoning requests in flight" in err
+    assert Delivery.objects.leased().count() == 0
+    assert Delivery.objects.due().count() == 2  # due again at once, for the next worker
+    assert Attempt.objects.count() == 0

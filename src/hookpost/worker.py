@@ -130,6 +130,7 @@ class Worker:
         self._results: list[outbox.AttemptResult] = []
         self._last_flush = time.monotonic()
         self._leased: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- public control --
 
@@ -157,7 +158,7 @@ class Worker:
                 self._loop.add_signal_handler(signum, self._on_signal)
         transport = self.transport or build_transport()
         listener = None if burst else self._start_listener()
-        tasks: set[asyncio.Task[None]] = set()
+        tasks = self._tasks
         logger.info("worker started id=%s concurrency=%d", self.worker_id, self.concurrency)
         try:
             while not self._stopping.is_set():
@@ -346,8 +347,10 @@ class Worker:
 
     def _on_signal(self) -> None:
         if self._stopping.is_set():
-            logger.warning("second signal: exiting without waiting for requests in flight")
+            logger.warning("second signal: abandoning requests in flight; their leases are released")
             self._forced = True
+            for task in self._tasks:
+                task.cancel()
         else:
             logger.info("signal received: finishing requests in flight, then exiting")
         self.stop()
