@@ -13,9 +13,9 @@ PYTEST_ARGS ?=
 .PHONY: help demo test lint services test-sqlite test-postgresql test-django6 bench format clean
 
 help:
-	@echo "make demo    run the example: capture events and sign them (SQLite, no services)"
+	@echo "make demo    run the example: changes become signed webhooks to a local receiver (SQLite)"
 	@echo "make test    lint + the whole suite on SQLite and PostgreSQL (Django 5.2, and 6.x if Python 3.12 exists)"
-	@echo "make bench   benchmarks (capture cost of a 10,000-row delete)"
+	@echo "make bench   benchmarks: capture cost of a 10,000-row delete; delivery throughput and latency"
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON311)" || { echo "Python 3.11 not found" >&2; exit 1; }
@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 $(VENV6)/.installed: pyproject.toml
 	$(PYTHON312) -m venv $(VENV6)
 	$(PY6) -m pip install --quiet --upgrade pip
-	$(PY6) -m pip install --quiet -e '.[test]' 'Django>=6.0,<7'
+	$(PY6) -m pip install --quiet -e '.[test,celery]' 'Django>=6.0,<7'
 	touch $@
 
 services:
@@ -40,7 +40,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/lint-imports
 	$(PY) example/manage.py makemigrations --check --dry-run
 
-test-sqlite: $(VENV)/.installed
+test-sqlite: $(VENV)/.installed services
 	HOOKPOST_DB=sqlite $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-postgresql: $(VENV)/.installed services
@@ -63,6 +63,7 @@ demo: $(VENV)/.installed
 
 bench: $(VENV)/.installed services
 	$(PY) bench/capture.py
+	$(PY) bench/delivery.py
 
 format: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .

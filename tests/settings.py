@@ -11,8 +11,9 @@ from example.settings import _database
 
 if os.environ.get("HOOKPOST_DB", "sqlite") == "postgresql":
     DATABASES = {"default": _database(""), "other": _database("_other")}
-    DATABASES["default"]["TEST"] = {"NAME": "test_hookpost"}
-    DATABASES["other"]["TEST"] = {"NAME": "test_hookpost_other"}
+    # One pair of test databases per test process, so runs side by side do not collide.
+    DATABASES["default"]["TEST"] = {"NAME": f"test_hookpost_{os.getpid()}"}
+    DATABASES["other"]["TEST"] = {"NAME": f"test_hookpost_other_{os.getpid()}"}
 else:
     # Files, not memory: worker subprocesses must see the same database. One pair per process.
     _tmp = os.environ.get("TMPDIR", "/tmp")

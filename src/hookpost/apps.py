@@ -13,9 +13,14 @@ class HookpostConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        """Register the checks, the models of ``HOOKPOST["MODELS"]`` and any pending registrations."""
+        """Register the checks, the models of ``HOOKPOST["MODELS"]``, pending registrations, the runner."""
         from hookpost import checks  # noqa: F401  (registers the system checks)
+        from hookpost.conf import hookpost_settings
         from hookpost.registry import registry
 
         registry.complete_pending()
         registry.load_settings()
+        if hookpost_settings.RUNNER == "celery":
+            # Imported only then: celery is an optional dependency. The import registers the
+            # tasks and connects the on-commit sender.
+            from hookpost.runners import celery  # noqa: F401

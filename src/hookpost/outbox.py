@@ -55,6 +55,7 @@ def record_event(using: str, draft: EventDraft) -> Event:
         error=draft.error,
     )
     event.save(using=using, force_insert=True)
+    signals.events_recorded.send(sender=Event, using=using)
     return event
 
 
@@ -66,6 +67,7 @@ def record_events(using: str, drafts: Sequence[EventDraft]) -> None:
     ids = new_message_ids(len(drafts))
     writer = _WRITERS.get(connection.vendor, _write_with_orm)
     writer(connection, ids, drafts)
+    signals.events_recorded.send(sender=Event, using=using)
 
 
 def _table_and_columns(connection: BaseDatabaseWrapper) -> tuple[str, str]:
@@ -235,32 +237,70 @@ def claim(
             .annotate(n=Count("id"))
             .values_list("endpoint_id", "n")
         )
-        chosen: list[Claim] = []
+        endpoints: dict[int, Endpoint] = {}
+        picked: list[tuple[int, Endpoint, dt.datetime | None, bool]] = []
         seen: set[int] = set()
         full: set[int] = set()
         for first in (True, False):
             # A few passes per queue: endpoints that fill up are left out of the next one,
             # so one busy endpoint cannot crowd the others out of the window.
             for _ in range(3):
-                room = limit - len(chosen)
+                room = limit - len(picked)
                 if room <= 0:
                     break
                 candidates = _candidates(using, now, first, room * 4, full, seen, skip_locked)
                 if not candidates:
                     break
-                taken = _admit(using, now, candidates, in_flight, full, breaker, max_in_flight, room, lease)
-                chosen.extend(taken)
-                seen.update(c.id for c in candidates)
+                missing = {endpoint_id for _, endpoint_id in candidates} - endpoints.keys()
+                if missing:
+                    endpoints.update(Endpoint.objects.using(using).in_bulk(missing))
+                picked.extend(
+                    _admit(
+                        using,
+                        now,
+                        candidates,
+                        endpoints,
+                        in_flight,
+                        full,
+                        breaker,
+                        max_in_flight,
+                        room,
+                        lease,
+                    )
+                )
+                seen.update(delivery_id for delivery_id, _ in candidates)
                 if len(candidates) < room * 4:
                     break
-        if not chosen:
+        if not picked:
             return []
-        Delivery.objects.using(using).filter(id__in=[c.delivery.id for c in chosen]).update(
-            lease_owner=worker_id, lease_expires_at=now + lease
+        expires = now + lease
+        ids = [delivery_id for delivery_id, *_ in picked]
+        Delivery.objects.using(using).filter(id__in=ids).update(
+            lease_owner=worker_id, lease_expires_at=expires
         )
-    for c in chosen:
-        c.delivery.lease_owner, c.delivery.lease_expires_at = worker_id, now + lease
-    return chosen
+        # Only what sending needs, in one query: the payload, not whole events and endpoints.
+        rows = {
+            row[0]: row
+            for row in Delivery.objects.using(using)
+            .filter(id__in=ids)
+            .values_list("id", "event_id", "attempt_count", "sequence", "event__type", "event__payload")
+        }
+    claims = []
+    for delivery_id, endpoint, send_at, probe in picked:
+        _, event_id, attempts, sequence, event_type, payload = rows[delivery_id]
+        delivery = Delivery(
+            id=delivery_id,
+            event_id=event_id,
+            endpoint_id=endpoint.id,
+            attempt_count=attempts,
+            sequence=sequence,
+            lease_owner=worker_id,
+            lease_expires_at=expires,
+        )
+        delivery.event = Event(id=event_id, type=event_type, payload=payload)
+        delivery.endpoint = endpoint
+        claims.append(Claim(delivery=delivery, send_at=send_at, probe=probe))
+    return claims
 
 
 def _candidates(
@@ -271,7 +311,8 @@ def _candidates(
     full: set[int],
     seen: set[int],
     skip_locked: bool,
-) -> list[Delivery]:
+) -> list[tuple[int, int]]:
+    """``(delivery id, endpoint id)`` of due deliveries in one queue, oldest first, locked."""
     queue = Delivery.objects.using(using).due(now)
     queue = queue.filter(attempt_count=0) if first else queue.filter(attempt_count__gt=0)
     queue = queue.filter(endpoint__status=Endpoint.Status.ACTIVE).filter(
@@ -281,47 +322,48 @@ def _candidates(
         queue = queue.exclude(endpoint_id__in=full)
     if seen:
         queue = queue.exclude(id__in=seen)
-    queue = queue.select_related("event", "endpoint").order_by("next_attempt_at", "id")
+    queue = queue.order_by("next_attempt_at", "id")
     if skip_locked:
         queue = queue.select_for_update(skip_locked=True, of=("self",))
-    return list(queue[:size])
+    return list(queue.values_list("id", "endpoint_id")[:size])
 
 
 def _admit(
     using: str,
     now: dt.datetime,
-    candidates: list[Delivery],
+    candidates: list[tuple[int, int]],
+    endpoints: dict[int, Endpoint],
     in_flight: dict[int, int],
     full: set[int],
     breaker: Breaker,
     max_in_flight: int,
     room: int,
     lease: dt.timedelta,
-) -> list[Claim]:
+) -> list[tuple[int, Endpoint, dt.datetime | None, bool]]:
     """Pick, from ``candidates``, the deliveries each endpoint's limits let go now."""
-    endpoints = {d.endpoint_id: d.endpoint for d in candidates}
-    fifo_heads = _fifo_heads(using, [e for e in endpoints.values() if e.fifo])
-    slots = _RateSlots(using, now, lease, [e for e in endpoints.values() if e.rate_limit])
-    taken: list[Claim] = []
-    for delivery in candidates:
+    involved = [endpoints[endpoint_id] for endpoint_id in {e for _, e in candidates}]
+    fifo_heads = _fifo_heads(using, [e for e in involved if e.fifo])
+    slots = _RateSlots(using, now, lease, [e for e in involved if e.rate_limit])
+    taken: list[tuple[int, Endpoint, dt.datetime | None, bool]] = []
+    for delivery_id, endpoint_id in candidates:
         if len(taken) >= room:
             break
-        endpoint = delivery.endpoint
-        if endpoint.id in full:
+        if endpoint_id in full:
             continue
-        busy = in_flight.get(endpoint.id, 0)
+        endpoint = endpoints[endpoint_id]
+        busy = in_flight.get(endpoint_id, 0)
         cap = 1 if endpoint.fifo else (endpoint.max_in_flight or max_in_flight)
         probe = breaker.is_open(endpoint.consecutive_failures)
         if probe:
             # One probe while the circuit is open; others wait for its answer.
             if busy or not _take_probe(using, endpoint, now, lease):
-                full.add(endpoint.id)
+                full.add(endpoint_id)
                 continue
             cap = 1
         if busy >= cap:
-            full.add(endpoint.id)
+            full.add(endpoint_id)
             continue
-        if endpoint.fifo and fifo_heads.get(endpoint.id) != delivery.id:
+        if endpoint.fifo and fifo_heads.get(endpoint_id) != delivery_id:
             # Not the head of the line. The head may be a retry, met in the next queue,
             # so the endpoint is not marked full here.
             continue
@@ -329,12 +371,12 @@ def _admit(
         if endpoint.rate_limit:
             send_at = slots.take(endpoint)
             if send_at is None:
-                full.add(endpoint.id)
+                full.add(endpoint_id)
                 continue
-        taken.append(Claim(delivery=delivery, send_at=send_at, probe=probe))
-        in_flight[endpoint.id] = busy + 1
+        taken.append((delivery_id, endpoint, send_at, probe))
+        in_flight[endpoint_id] = busy + 1
         if busy + 1 >= cap:
-            full.add(endpoint.id)
+            full.add(endpoint_id)
     slots.save()
     return taken
 

@@ -8,6 +8,10 @@ from django.dispatch import Signal
 #: kwargs: ``event_type`` (str), ``error`` (str), ``using`` (str).
 payload_invalid = Signal()
 
+#: Events were written on connection ``using``, inside whatever transaction is open there (not yet
+#: committed). Sender: the ``Event`` model. kwargs: ``using`` (str). Runners wake up on it.
+events_recorded = Signal()
+
 #: An attempt got a 2xx. kwargs: ``delivery_id``, ``endpoint_id``, ``event_id``, ``attempt``.
 delivery_succeeded = Signal()
 

@@ -10,6 +10,7 @@ or deliveries are committed; elsewhere, and as a fallback, it polls.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import logging
@@ -19,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -131,6 +132,9 @@ class Worker:
         self._last_flush = time.monotonic()
         self._leased: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._queue: collections.deque[outbox.Claim] = collections.deque()
+        self._transport_in_use: Transport | None = None
+        self._fan_out_due = True
 
     # -- public control --
 
@@ -157,6 +161,7 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(signum, self._on_signal)
         transport = self.transport or build_transport()
+        self._transport_in_use = transport
         listener = None if burst else self._start_listener()
         tasks = self._tasks
         logger.info("worker started id=%s concurrency=%d", self.worker_id, self.concurrency)
@@ -181,20 +186,27 @@ class Worker:
             logger.info("worker stopped id=%s %s", self.worker_id, self.stats.line())
 
     async def _cycle(self, tasks: set[asyncio.Task[None]], transport: Transport, burst: bool) -> bool | None:
-        """One round: record outcomes, fan out, claim and start sends. None: burst is done."""
+        """One round: record outcomes, fan out, claim ahead, start sends. None: burst is done."""
         # Outcomes first: a recorded retry is due again, and a recorded delivery frees its
         # endpoint's in-flight slot for this round's claim.
         if self._results and (
             len(self._results) >= self.batch_size
             or time.monotonic() - self._last_flush > 0.05
-            or len(tasks) < self.concurrency // 2
+            or len(tasks) + len(self._queue) < self.concurrency
         ):
             await self._flush()
-        fanned = await self._call(outbox.fan_out, using=self.using, limit=max(self.batch_size, 100))
-        self.stats.fanned_out += fanned
+        fanned = 0
+        if self._fan_out_due:
+            limit = max(self.batch_size, 100)
+            fanned = await self._call(outbox.fan_out, using=self.using, limit=limit)
+            self.stats.fanned_out += fanned
+            # A short batch means the backlog is done: skip the query until an event
+            # commits (NOTIFY) or the poll interval passes.
+            self._fan_out_due = fanned >= limit
+        # Claim ahead of free slots, so a finished request is followed at once by the next.
+        room = self.concurrency + self.batch_size - len(tasks) - len(self._queue)
         claims: list[outbox.Claim] = []
-        room = self.concurrency - len(tasks)
-        if room > 0:
+        if room >= min(self.batch_size, self.concurrency) // 2 or not self._queue:
             claims = await self._call(
                 outbox.claim,
                 worker_id=self.worker_id,
@@ -204,17 +216,31 @@ class Worker:
                 breaker=self.breaker,
                 max_in_flight=hookpost_settings.MAX_IN_FLIGHT,
             )
-        for claim in claims:
-            self._leased.add(claim.delivery.id)
-            task = asyncio.create_task(self._deliver(claim, transport))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            for claim in claims:
+                self._leased.add(claim.delivery.id)
+            self._queue.extend(claims)
+        self._start_queued(tasks, transport)
         self.stats.in_flight = len(tasks)
         if self.on_progress:
             self.on_progress(self.stats)
-        if burst and not fanned and not claims and not tasks and not self._results:
+        if burst and not fanned and not claims and not tasks and not self._queue and not self._results:
             return None
         return bool(claims or fanned)
+
+    def _start_queued(self, tasks: set[asyncio.Task[None]], transport: Transport) -> None:
+        while self._queue and len(tasks) < self.concurrency:
+            claim = self._queue.popleft()
+            task = asyncio.create_task(self._deliver(claim, transport))
+            tasks.add(task)
+            task.add_done_callback(self._on_task_done)
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._transport_in_use is not None:
+            # Keep the pipe full without waiting for the next round's database calls.
+            self._start_queued(self._tasks, self._transport_in_use)
+        if self._wake is not None:
+            self._wake.set()
 
     async def _idle(self, tasks: set[asyncio.Task[None]]) -> None:
         """Wait for a wake-up: a finished request, a notification, or the poll interval."""
@@ -223,15 +249,11 @@ class Worker:
         timeout = self.poll_interval
         if self._results:
             timeout = min(timeout, 0.05)
-        waiters: list[Awaitable[Any]] = [self._wake.wait()]
-        if tasks:
-            waiters.append(asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED))
-        pending = [asyncio.ensure_future(w) for w in waiters]
         try:
-            await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for future in pending:
-                future.cancel()
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            # Nothing woke the worker: new events may have come without a notification.
+            self._fan_out_due = True
 
     async def _deliver(self, claim: outbox.Claim, transport: Transport) -> None:
         delivery = claim.delivery
@@ -320,6 +342,9 @@ class Worker:
 
     async def _shutdown(self, tasks: set[asyncio.Task[None]]) -> None:
         """Let in-flight requests finish (they are bounded by their timeouts), then settle."""
+        # Claimed but not started: their leases are released below.
+        self._queue.clear()
+        self._transport_in_use = None
         if tasks and not self._forced:
             await asyncio.wait(tasks, timeout=hookpost_settings.TOTAL_TIMEOUT + 5)
         for task in tasks:
@@ -344,6 +369,11 @@ class Worker:
         if self._loop is not None and self._wake is not None:
             with contextlib.suppress(RuntimeError):  # the loop may be closing
                 self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _notified(self) -> None:
+        """A commit inserted events or deliveries: fan out on the next round, and wake up."""
+        self._fan_out_due = True
+        self._poke()
 
     def _on_signal(self) -> None:
         if self._stopping.is_set():
@@ -380,7 +410,7 @@ class Worker:
             return None
         done = threading.Event()
         thread = threading.Thread(
-            target=_listen, args=(self.using, done, self._poke), name="hookpost-listen", daemon=True
+            target=_listen, args=(self.using, done, self._notified), name="hookpost-listen", daemon=True
         )
         thread.start()
         return done
