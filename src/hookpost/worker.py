@@ -128,6 +128,10 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._db = ThreadPoolExecutor(1, thread_name_prefix="hookpost-db")
+        # Outcomes are written on a second thread and connection, so recording one batch
+        # overlaps claiming the next instead of waiting for it.
+        self._recorder = ThreadPoolExecutor(1, thread_name_prefix="hookpost-record")
+        self._flushing: asyncio.Task[None] | None = None
         self._results: list[outbox.AttemptResult] = []
         self._last_flush = time.monotonic()
         self._leased: set[int] = set()
@@ -143,8 +147,9 @@ class Worker:
         try:
             asyncio.run(self._main(burst=burst, handle_signals=handle_signals))
         finally:
-            self._db.submit(connections.close_all).result()
-            self._db.shutdown(wait=True)
+            for executor in (self._db, self._recorder):
+                executor.submit(connections.close_all).result()
+                executor.shutdown(wait=True)
         return self.stats
 
     def stop(self) -> None:
@@ -187,14 +192,29 @@ class Worker:
 
     async def _cycle(self, tasks: set[asyncio.Task[None]], transport: Transport, burst: bool) -> bool | None:
         """One round: record outcomes, fan out, claim ahead, start sends. None: burst is done."""
+        # Cleared here, not when idling: a wake-up that comes during the round (a request
+        # or a flush finishing) must end the next idle wait at once, not be lost.
+        assert self._wake is not None
+        self._wake.clear()
         # Outcomes first: a recorded retry is due again, and a recorded delivery frees its
         # endpoint's in-flight slot for this round's claim.
-        if self._results and (
-            len(self._results) >= self.batch_size
-            or time.monotonic() - self._last_flush > 0.05
-            or len(tasks) + len(self._queue) < self.concurrency
+        flushing = self._flushing is not None and not self._flushing.done()
+        if self._flushing is not None and self._flushing.done():
+            failed = self._flushing.exception()
+            self._flushing = None
+            if failed is not None:
+                raise failed
+        if (
+            self._results
+            and not flushing
+            and (
+                len(self._results) >= self.batch_size
+                or time.monotonic() - self._last_flush > 0.05
+                or len(tasks) + len(self._queue) < self.concurrency
+            )
         ):
-            await self._flush()
+            self._flushing = asyncio.create_task(self._flush())
+            flushing = True
         fanned = 0
         if self._fan_out_due:
             limit = max(self.batch_size, 100)
@@ -223,7 +243,7 @@ class Worker:
         self.stats.in_flight = len(tasks)
         if self.on_progress:
             self.on_progress(self.stats)
-        if burst and not fanned and not claims and not tasks and not self._queue and not self._results:
+        if burst and not (fanned or claims or tasks or self._queue or self._results or flushing):
             return None
         return bool(claims or fanned)
 
@@ -245,7 +265,6 @@ class Worker:
     async def _idle(self, tasks: set[asyncio.Task[None]]) -> None:
         """Wait for a wake-up: a finished request, a notification, or the poll interval."""
         assert self._wake is not None
-        self._wake.clear()
         timeout = self.poll_interval
         if self._results:
             timeout = min(timeout, 0.05)
@@ -333,11 +352,15 @@ class Worker:
                 using=self.using,
                 breaker=self.breaker,
                 disable_after=self.disable_after,
+                executor=self._recorder,
             )
         except BaseException:
             # Not recorded: keep them for the next flush (the leases still hold them).
             self._results[:0] = results
             raise
+        finally:
+            if self._wake is not None:
+                self._wake.set()
         self._leased.difference_update(r.delivery_id for r in results)
 
     async def _shutdown(self, tasks: set[asyncio.Task[None]]) -> None:
@@ -351,6 +374,9 @@ class Worker:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self._flushing is not None:
+            await asyncio.gather(self._flushing, return_exceptions=True)
+            self._flushing = None
         await self._flush()
         if self._leased:
             released = await self._call(
@@ -361,9 +387,17 @@ class Worker:
 
     # -- helpers --
 
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _call(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        executor: ThreadPoolExecutor | None = None,
+        **kwargs: Any,
+    ) -> T:
         assert self._loop is not None
-        return await self._loop.run_in_executor(self._db, partial(_in_db_thread, fn, *args, **kwargs))
+        return await self._loop.run_in_executor(
+            executor or self._db, partial(_in_db_thread, fn, *args, **kwargs)
+        )
 
     def _poke(self) -> None:
         if self._loop is not None and self._wake is not None:
