@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar, NamedTuple
@@ -235,6 +235,7 @@ def claim(
     now: dt.datetime | None = None,
     breaker: Breaker | None = None,
     max_in_flight: int = 10,
+    settled: Collection[int] = (),
 ) -> list[Claim]:
     """Lease up to ``limit`` due deliveries to ``worker_id``, first attempts before retries.
 
@@ -242,7 +243,9 @@ def claim(
     sequence first), the circuit breaker (one probe while open) and the rate limit
     (each claim takes the next free send slot). On PostgreSQL rows are locked with
     ``skip_locked`` so concurrent workers never claim the same delivery; SQLite
-    serialises writers, so one worker is safe there.
+    serialises writers, so one worker is safe there. ``settled`` names the caller's
+    leased deliveries whose request already succeeded (the outcome not yet written):
+    they no longer take an in-flight slot.
     """
     now = now or timezone.now()
     breaker = breaker or Breaker()
@@ -250,7 +253,10 @@ def claim(
         sql = _ClaimSQL.get(connection)
         stamp = connection.ops.adapt_datetimefield_value(now)
         with connection.cursor() as cursor:
-            cursor.execute(sql.in_flight, [stamp])
+            # Ids, not counts: a settled delivery recorded meanwhile is simply not leased any
+            # more, so nothing is subtracted twice whatever the timing.
+            not_settled = f" AND id NOT IN ({', '.join(['%s'] * len(settled))})" if settled else ""
+            cursor.execute(sql.in_flight.format(not_settled=not_settled), [stamp, *settled])
             in_flight: dict[int, int] = dict(cursor.fetchall())
         endpoints: dict[int, Endpoint] = {}
         picked: list[tuple[int, Endpoint, dt.datetime | None, bool]] = []
@@ -331,8 +337,8 @@ class _ClaimSQL:
         d, e, ep = (q(m._meta.db_table) for m in (Delivery, Event, Endpoint))
         pending = f"{d}.status = '{Delivery.Status.PENDING}'"
         self.in_flight = (
-            f"SELECT endpoint_id, COUNT(*) FROM {d} WHERE {pending} AND lease_expires_at > %s "
-            "GROUP BY endpoint_id"
+            f"SELECT endpoint_id, COUNT(*) FROM {d} WHERE {pending} AND lease_expires_at > %s"
+            "{not_settled} GROUP BY endpoint_id"
         )
         lock = f" FOR UPDATE OF {d} SKIP LOCKED"
         self.lock = lock if connection.features.has_select_for_update_skip_locked else ""

@@ -34,7 +34,7 @@ from hookpost import outbox
 from hookpost.conf import hookpost_settings
 from hookpost.delivery import build_request, redact_headers
 from hookpost.models import Endpoint
-from hookpost.retry import Breaker, Outcome, RetryPolicy
+from hookpost.retry import Breaker, Outcome, RetryPolicy, Verdict
 from hookpost.transports import Response, Transport, TransportError
 
 logger = logging.getLogger("hookpost.worker")
@@ -132,6 +132,9 @@ class Worker:
         # overlaps claiming the next instead of waiting for it.
         self._recorder = ThreadPoolExecutor(1, thread_name_prefix="hookpost-record")
         self._flushing: asyncio.Task[None] | None = None
+        # Per endpoint: successful requests not yet recorded. Their leases still count in
+        # the database; claims are told, so such a request frees its slot at once.
+        self._settled: set[int] = set()
         self._results: list[outbox.AttemptResult] = []
         self._last_flush = time.monotonic()
         self._leased: set[int] = set()
@@ -235,6 +238,7 @@ class Worker:
                 using=self.using,
                 breaker=self.breaker,
                 max_in_flight=hookpost_settings.MAX_IN_FLIGHT,
+                settled=sorted(self._settled),
             )
             for claim in claims:
                 self._leased.add(claim.delivery.id)
@@ -324,6 +328,10 @@ class Worker:
             duration_ms,
             decision.verdict,
         )
+        if decision.verdict is Verdict.DELIVERED:
+            # Only a success frees its slot before it is recorded: a failure keeps holding
+            # it, so the circuit breaker and a 410 take effect before more requests go.
+            self._settled.add(delivery.id)
         self._results.append(
             outbox.AttemptResult(
                 delivery_id=delivery.id,
@@ -362,6 +370,7 @@ class Worker:
             if self._wake is not None:
                 self._wake.set()
         self._leased.difference_update(r.delivery_id for r in results)
+        self._settled.difference_update(r.delivery_id for r in results)
 
     async def _shutdown(self, tasks: set[asyncio.Task[None]]) -> None:
         """Let in-flight requests finish (they are bounded by their timeouts), then settle."""
