@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import os
 import statistics
 import sys
 import tempfile
@@ -22,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-for _path in (ROOT / "example", ROOT / "src"):
+for _path in (ROOT / "example", ROOT / "src", ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
+
+from _postgres import ensure_database, pg_params  # noqa: E402
 
 TARGET = 2.0
 BENCH_DB = "hookpost_bench"
@@ -35,17 +36,6 @@ DB_LABELS = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 
 
 # --- settings -------------------------------------------------------------------------------
-
-
-def pg_params(dbname: str) -> dict[str, Any]:
-    """Connection parameters of the local PostgreSQL, as the example project reads them."""
-    return {
-        "host": os.environ.get("HOOKPOST_PG_HOST", "127.0.0.1"),
-        "port": os.environ.get("HOOKPOST_PG_PORT", "5432"),
-        "user": os.environ.get("HOOKPOST_PG_USER", "postgres"),
-        "password": os.environ.get("HOOKPOST_PG_PASSWORD", ""),
-        "dbname": dbname,
-    }
 
 
 def configure_django(sqlite_path: str) -> None:
@@ -85,24 +75,8 @@ def configure_django(sqlite_path: str) -> None:
 
 
 def ensure_postgresql_database() -> None:
-    """Create ``hookpost_bench`` when missing; exit 1 with a clear message if PostgreSQL is down."""
-    import psycopg
-    from psycopg import sql
-
-    params = pg_params("postgres")
-    try:
-        with psycopg.connect(**params, autocommit=True, connect_timeout=5) as conn:
-            query = "SELECT 1 FROM pg_database WHERE datname = %s"
-            exists = conn.execute(query, (BENCH_DB,)).fetchone()
-            if not exists:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DB)))
-    except psycopg.OperationalError as exc:
-        print(
-            f"PostgreSQL is unreachable at {params['host']}:{params['port']} as "
-            f"{params['user']!r} ({exc}).\nStart it (`make services`) or run with --db sqlite.",
-            file=sys.stderr,
-        )
-        sys.exit(1)
+    """Create the benchmark's database when missing (exits 1 if PostgreSQL is down)."""
+    ensure_database(BENCH_DB, "Start it (`make services`) or run with --db sqlite.")
 
 
 # --- configurations -------------------------------------------------------------------------

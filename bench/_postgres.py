@@ -1,0 +1,38 @@
+"""PostgreSQL helpers the benchmarks share: connection parameters and creating their database."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+
+def pg_params(dbname: str) -> dict[str, Any]:
+    """Connection parameters of the local PostgreSQL, as the example project reads them."""
+    return {
+        "host": os.environ.get("HOOKPOST_PG_HOST", "127.0.0.1"),
+        "port": os.environ.get("HOOKPOST_PG_PORT", "5432"),
+        "user": os.environ.get("HOOKPOST_PG_USER", "postgres"),
+        "password": os.environ.get("HOOKPOST_PG_PASSWORD", ""),
+        "dbname": dbname,
+    }
+
+
+def ensure_database(name: str, hint: str = "Start it (`make services`).") -> None:
+    """Create database ``name`` when missing; exit 1 with a clear message if PostgreSQL is down."""
+    import psycopg
+    from psycopg import sql
+
+    params = pg_params("postgres")
+    try:
+        with psycopg.connect(**params, autocommit=True, connect_timeout=5) as conn:
+            query = "SELECT 1 FROM pg_database WHERE datname = %s"
+            if not conn.execute(query, (name,)).fetchone():
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.OperationalError as exc:
+        print(
+            f"PostgreSQL is unreachable at {params['host']}:{params['port']} as "
+            f"{params['user']!r} ({exc}).\n{hint}",
+            file=sys.stderr,
+        )
+        sys.exit(1)
