@@ -68,6 +68,9 @@ def test_a_committed_change_arrives_signed_and_verifiable(receiver):
     assert (attempt.status_code, attempt.verdict, attempt.number) == (200, "delivered", 1)
     assert attempt.response_body == "ok"
     assert attempt.request_headers["webhook-id"] == event.id
+    endpoint.refresh_from_db()
+    assert endpoint.last_success_at == attempt.started_at
+    assert (endpoint.consecutive_failures, endpoint.failing_since) == (0, None)
 
 
 def test_every_subscribed_endpoint_gets_each_event_once_and_others_none(receiver):

@@ -652,6 +652,19 @@ def _update_health(
     by_endpoint: dict[int, list[AttemptResult]] = {}
     for r in sorted(results, key=lambda r: r.started_at):
         by_endpoint.setdefault(r.endpoint_id, []).append(r)
+    for endpoint_id, batch in list(by_endpoint.items()):
+        if all(r.decision.verdict is Verdict.DELIVERED for r in batch):
+            # The usual case, a healthy endpoint answering 2xx: one conditional UPDATE.
+            # No row changes when the endpoint was failing; the full path below handles it.
+            healthy = (
+                Endpoint.objects.using(using)
+                .filter(id=endpoint_id, consecutive_failures=0, blocked_until__isnull=True)
+                .update(last_success_at=batch[-1].started_at, failing_since=None)
+            )
+            if healthy:
+                del by_endpoint[endpoint_id]
+    if not by_endpoint:
+        return notices
     endpoints = Endpoint.objects.using(using).select_for_update().filter(id__in=list(by_endpoint))
     for endpoint in endpoints:
         was_open = breaker.is_open(endpoint.consecutive_failures)
