@@ -297,13 +297,14 @@ def claim(
         expires = now + lease
         ids = [delivery_id for delivery_id, *_ in picked]
         marks = ", ".join(["%s"] * len(ids))
+        lease_params = [worker_id, connection.ops.adapt_datetimefield_value(expires), *ids]
         with connection.cursor() as cursor:
-            cursor.execute(
-                sql.lease.format(ids=marks),
-                [worker_id, connection.ops.adapt_datetimefield_value(expires), *ids],
-            )
-            # Only what sending needs, in one query: the payload, not whole events and endpoints.
-            cursor.execute(sql.payloads.format(ids=marks), ids)
+            # Only what sending needs: the payload, not whole events and endpoints.
+            if sql.lease_returning:
+                cursor.execute(sql.lease_returning.format(ids=marks), lease_params)
+            else:
+                cursor.execute(sql.lease.format(ids=marks), lease_params)
+                cursor.execute(sql.payloads.format(ids=marks), ids)
             rows = {row[0]: row for row in cursor.fetchall()}
     claims = []
     for delivery_id, endpoint, send_at, probe in picked:
@@ -355,6 +356,14 @@ class _ClaimSQL:
         self.payloads = (
             f"SELECT {d}.id, {d}.event_id, {d}.attempt_count, {d}.sequence, {e}.type, {e}.payload "
             f"FROM {d} JOIN {e} ON {e}.id = {d}.event_id WHERE {d}.id IN ({{ids}})"
+        )
+        # PostgreSQL leases and reads the payloads in one round trip.
+        self.lease_returning = (
+            f"UPDATE {d} SET lease_owner = %s, lease_expires_at = %s FROM {e} "
+            f"WHERE {d}.id IN ({{ids}}) AND {e}.id = {d}.event_id "
+            f"RETURNING {d}.id, {d}.event_id, {d}.attempt_count, {d}.sequence, {e}.type, {e}.payload"
+            if connection.vendor == "postgresql"
+            else ""
         )
 
     @classmethod
