@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from hookpost import signals
 from hookpost.conf import hookpost_settings
-from hookpost.events import new_message_ids
+from hookpost.events import new_message_ids, type_matches
 from hookpost.models import Attempt, Delivery, Endpoint, Event
 from hookpost.retry import Breaker, Decision, Verdict, should_disable
 
@@ -174,40 +174,91 @@ def fan_out(*, using: str = "default", limit: int = 500, now: dt.datetime | None
     """
     now = now or timezone.now()
     with _worker_transaction(using) as connection:
-        events = Event.objects.using(using).awaiting_fan_out()
-        if connection.features.has_select_for_update_skip_locked:
-            events = events.select_for_update(skip_locked=True)
-        batch = list(events.only("id", "type")[:limit])
+        sql = _FanOutSQL.get(connection)
+        with connection.cursor() as cursor:
+            cursor.execute(sql.select, [limit])
+            batch: list[tuple[str, str]] = cursor.fetchall()
         if not batch:
             return 0
         endpoints = list(
             Endpoint.objects.using(using)
             .exclude(status=Endpoint.Status.DISABLED)
-            .only("id", "event_types", "fifo")
+            .values_list("id", "event_types", "fifo")
         )
-        rows: list[Delivery] = []
+        # (event id, endpoint id, sequence) per delivery, in event order.
+        rows: list[list[Any]] = []
         fifo_counts: dict[int, int] = {}
-        for event in batch:
-            for endpoint in endpoints:
-                if endpoint.accepts(event.type):
-                    rows.append(Delivery(event_id=event.id, endpoint_id=endpoint.id, next_attempt_at=now))
-                    if endpoint.fifo:
-                        fifo_counts[endpoint.id] = fifo_counts.get(endpoint.id, 0) + 1
+        for event_id, event_type in batch:
+            for endpoint_id, patterns, fifo in endpoints:
+                if any(type_matches(pattern, event_type) for pattern in patterns):
+                    rows.append([event_id, endpoint_id, None])
+                    if fifo:
+                        fifo_counts[endpoint_id] = fifo_counts.get(endpoint_id, 0) + 1
         if fifo_counts:
             _number_fifo_deliveries(using, rows, fifo_counts)
-        Delivery.objects.using(using).bulk_create(rows, ignore_conflicts=True)
-        Event.objects.using(using).filter(id__in=[e.id for e in batch]).update(fanned_out_at=now)
+        stamp = connection.ops.adapt_datetimefield_value(now)
+        ids = [event_id for event_id, _ in batch]
+        with connection.cursor() as cursor:
+            if rows:
+                if sql.insert:
+                    cursor.executemany(
+                        sql.insert,
+                        [(e, ep, seq, Delivery.Status.PENDING, 0, stamp, "", stamp) for e, ep, seq in rows],
+                    )
+                else:
+                    Delivery.objects.using(using).bulk_create(
+                        [
+                            Delivery(event_id=e, endpoint_id=ep, sequence=seq, next_attempt_at=now)
+                            for e, ep, seq in rows
+                        ],
+                        ignore_conflicts=True,
+                    )
+            cursor.execute(sql.mark.format(ids=", ".join(["%s"] * len(ids))), [stamp, *ids])
     return len(batch)
 
 
-def _number_fifo_deliveries(using: str, rows: list[Delivery], counts: dict[int, int]) -> None:
+class _FanOutSQL:
+    """Fan-out's statements for one database vendor, built once (it runs every worker round)."""
+
+    _cache: ClassVar[dict[str, _FanOutSQL]] = {}
+
+    def __init__(self, connection: BaseDatabaseWrapper) -> None:
+        q = connection.ops.quote_name
+        d, e = q(Delivery._meta.db_table), q(Event._meta.db_table)
+        lock = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
+        self.select = (
+            f"SELECT id, type FROM {e} WHERE fanned_out_at IS NULL AND error = '' "
+            f"ORDER BY occurred_at, id LIMIT %s{lock}"
+        )
+        self.mark = f"UPDATE {e} SET fanned_out_at = %s WHERE id IN ({{ids}})"
+        columns = (
+            "event_id, endpoint_id, sequence, status, attempt_count, next_attempt_at, lease_owner, created_at"
+        )
+        values = f"INSERT INTO {d} ({columns}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        # A repeated fan-out (after a crash) must not double a delivery: the unique
+        # (event, endpoint) constraint turns the repeat into nothing.
+        self.insert = {
+            "postgresql": f"{values} ON CONFLICT DO NOTHING",
+            "sqlite": values.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1),
+        }.get(connection.vendor, "")
+
+    @classmethod
+    def get(cls, connection: BaseDatabaseWrapper) -> _FanOutSQL:
+        """The statements for ``connection``'s database, built on first use."""
+        sql = cls._cache.get(connection.vendor)
+        if sql is None:
+            sql = cls._cache[connection.vendor] = cls(connection)
+        return sql
+
+
+def _number_fifo_deliveries(using: str, rows: list[list[Any]], counts: dict[int, int]) -> None:
     """Give the new deliveries of FIFO endpoints consecutive sequence numbers, in event order."""
     locked = Endpoint.objects.using(using).select_for_update().filter(id__in=list(counts))
     next_number = {e.id: e.last_sequence + 1 for e in locked.only("id", "last_sequence")}
     for row in rows:
-        if row.endpoint_id in next_number:
-            row.sequence = next_number[row.endpoint_id]
-            next_number[row.endpoint_id] += 1
+        if row[1] in next_number:
+            row[2] = next_number[row[1]]
+            next_number[row[1]] += 1
     for endpoint_id, after in next_number.items():
         Endpoint.objects.using(using).filter(id=endpoint_id).update(last_sequence=after - 1)
 
