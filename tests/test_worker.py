@@ -528,3 +528,19 @@ def test_a_second_sigterm_abandons_requests_in_flight_and_releases_their_leases(
     assert Delivery.objects.leased().count() == 0
     assert Delivery.objects.due().count() == 2  # due again at once, for the next worker
     assert Attempt.objects.count() == 0
+
+
+def test_a_repeated_fan_out_neither_doubles_nor_skips_deliveries(receiver):
+    from hookpost import outbox
+
+    make_endpoint(receiver, "/a")
+    make_endpoint(receiver, "/b")
+    for i in range(3):
+        Author.objects.create(name=str(i))
+    assert outbox.fan_out(limit=2) == 2
+    # As if a crash lost the marks after the deliveries were written: the same events again.
+    Event.objects.update(fanned_out_at=None)
+    assert outbox.fan_out() == 3
+    pairs = list(Delivery.objects.values_list("event_id", "endpoint_id"))
+    assert len(pairs) == len(set(pairs)) == 6
+    assert not Event.objects.awaiting_fan_out().exists()
