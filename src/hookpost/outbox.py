@@ -14,7 +14,7 @@ import datetime as dt
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from django.db import connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -174,7 +174,7 @@ def fan_out(*, using: str = "default", limit: int = 500, now: dt.datetime | None
     """
     now = now or timezone.now()
     with _worker_transaction(using) as connection:
-        sql = _FanOutSQL.get(connection)
+        sql = _statements(_FanOutSQL, connection)
         with connection.cursor() as cursor:
             cursor.execute(sql.select, [limit])
             batch: list[tuple[str, str]] = cursor.fetchall()
@@ -217,10 +217,20 @@ def fan_out(*, using: str = "default", limit: int = 500, now: dt.datetime | None
     return len(batch)
 
 
+_Statements = TypeVar("_Statements")
+_built: dict[tuple[type, str], Any] = {}
+
+
+def _statements(kind: type[_Statements], connection: BaseDatabaseWrapper) -> _Statements:
+    """The ``kind`` of plain statements for ``connection``'s database vendor, built on first use."""
+    key = (kind, connection.vendor)
+    if key not in _built:
+        _built[key] = kind(connection)  # type: ignore[call-arg]
+    return _built[key]  # type: ignore[no-any-return]
+
+
 class _FanOutSQL:
     """Fan-out's statements for one database vendor, built once (it runs every worker round)."""
-
-    _cache: ClassVar[dict[str, _FanOutSQL]] = {}
 
     def __init__(self, connection: BaseDatabaseWrapper) -> None:
         q = connection.ops.quote_name
@@ -241,14 +251,6 @@ class _FanOutSQL:
             "postgresql": f"{values} ON CONFLICT DO NOTHING",
             "sqlite": values.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1),
         }.get(connection.vendor, "")
-
-    @classmethod
-    def get(cls, connection: BaseDatabaseWrapper) -> _FanOutSQL:
-        """The statements for ``connection``'s database, built on first use."""
-        sql = cls._cache.get(connection.vendor)
-        if sql is None:
-            sql = cls._cache[connection.vendor] = cls(connection)
-        return sql
 
 
 def _number_fifo_deliveries(using: str, rows: list[list[Any]], counts: dict[int, int]) -> None:
@@ -301,7 +303,7 @@ def claim(
     now = now or timezone.now()
     breaker = breaker or Breaker()
     with _worker_transaction(using) as connection:
-        sql = _ClaimSQL.get(connection)
+        sql = _statements(_ClaimSQL, connection)
         stamp = connection.ops.adapt_datetimefield_value(now)
         with connection.cursor() as cursor:
             # Ids, not counts: a settled delivery recorded meanwhile is simply not leased any
@@ -382,8 +384,6 @@ class _ClaimSQL:
     building and compiling the equivalent querysets does on every round.
     """
 
-    _cache: ClassVar[dict[str, _ClaimSQL]] = {}
-
     def __init__(self, connection: BaseDatabaseWrapper) -> None:
         q = connection.ops.quote_name
         d, e, ep = (q(m._meta.db_table) for m in (Delivery, Event, Endpoint))
@@ -416,14 +416,6 @@ class _ClaimSQL:
             if connection.vendor == "postgresql"
             else ""
         )
-
-    @classmethod
-    def get(cls, connection: BaseDatabaseWrapper) -> _ClaimSQL:
-        """The statements for ``connection``'s database, built on first use."""
-        sql = cls._cache.get(connection.vendor)
-        if sql is None:
-            sql = cls._cache[connection.vendor] = cls(connection)
-        return sql
 
 
 def _candidates(
