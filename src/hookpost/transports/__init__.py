@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from types import TracebackType
+from typing import Any, Protocol, Self, runtime_checkable
 
 __all__ = [
     "AddressNotAllowed",
@@ -99,3 +100,21 @@ class Transport(Protocol):
     async def send(self, request: Request) -> Response:
         """Send ``request`` and return the response."""
         ...
+
+
+class ClosesOnExit:
+    """Gives a transport ``async with`` support: leaving the block awaits its ``close()``."""
+
+    async def close(self) -> None:
+        """Release what the transport holds (nothing, unless a subclass says otherwise)."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -7,7 +7,6 @@ import ipaddress
 import socket
 import time
 from collections.abc import Iterable, Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -16,6 +15,7 @@ from yarl import URL
 
 from hookpost.transports import (
     AddressNotAllowed,
+    ClosesOnExit,
     ConnectError,
     InvalidRequestURL,
     Request,
@@ -126,7 +126,7 @@ class GuardedResolver(AbstractResolver):
             await self._inner.close()
 
 
-class HttpTransport:
+class HttpTransport(ClosesOnExit):
     """Sends webhooks with one pooled aiohttp session, guarding against SSRF.
 
     Only global unicast destinations are reached unless ``allowed_networks`` (CIDR strings,
@@ -170,17 +170,6 @@ class HttpTransport:
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
-
-    async def __aenter__(self) -> HttpTransport:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @property
     def closed(self) -> bool:

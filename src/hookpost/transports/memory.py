@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from types import TracebackType
 from typing import TYPE_CHECKING, TypeAlias
 
-from hookpost.transports import Request, Response, Transport, TransportError
+from hookpost.transports import ClosesOnExit, Request, Response, Transport, TransportError
 
 __all__ = ["MemoryTransport", "Outcome"]
 
@@ -15,7 +14,7 @@ Outcome: TypeAlias = Response | int | TransportError
 """What one send produces: a ``Response``, a bare status code, or a ``TransportError`` to raise."""
 
 
-class MemoryTransport:
+class MemoryTransport(ClosesOnExit):
     """Records every request in ``requests`` and answers from per-URL scripts, without any I/O.
 
     ``script(url, *outcomes)`` queues outcomes for one URL (an exact string match); they are
@@ -65,17 +64,6 @@ class MemoryTransport:
 
     async def close(self) -> None:
         """Nothing to release; present so code written for ``HttpTransport`` runs unchanged."""
-
-    async def __aenter__(self) -> MemoryTransport:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def _next(self, url: str) -> Outcome:
         queue = self._scripts.get(url)
