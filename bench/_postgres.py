@@ -18,6 +18,19 @@ def pg_params(dbname: str) -> dict[str, Any]:
     }
 
 
+def django_database(dbname: str) -> dict[str, Any]:
+    """The Django ``DATABASES`` entry for database ``dbname`` on the local PostgreSQL."""
+    pg = pg_params(dbname)
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": pg["dbname"],
+        "USER": pg["user"],
+        "PASSWORD": pg["password"],
+        "HOST": pg["host"],
+        "PORT": pg["port"],
+    }
+
+
 def ensure_database(name: str, hint: str = "Start it (`make services`).") -> None:
     """Create database ``name`` when missing; exit 1 with a clear message if PostgreSQL is down."""
     import psycopg

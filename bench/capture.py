@@ -25,7 +25,7 @@ for _path in (ROOT / "example", ROOT / "src", ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from _postgres import ensure_database, pg_params  # noqa: E402
+from _postgres import django_database, ensure_database, pg_params  # noqa: E402
 
 TARGET = 2.0
 BENCH_DB = "hookpost_bench"
@@ -43,7 +43,6 @@ def configure_django(sqlite_path: str) -> None:
     import django
     from django.conf import settings
 
-    pg = pg_params(BENCH_DB)
     sqlite = {"ENGINE": "django.db.backends.sqlite3", "NAME": sqlite_path}
     settings.configure(
         DEBUG=False,
@@ -60,14 +59,7 @@ def configure_django(sqlite_path: str) -> None:
         DATABASES={
             "default": sqlite,
             "sqlite": sqlite,
-            "postgresql": {
-                "ENGINE": "django.db.backends.postgresql",
-                "NAME": pg["dbname"],
-                "USER": pg["user"],
-                "PASSWORD": pg["password"],
-                "HOST": pg["host"],
-                "PORT": pg["port"],
-            },
+            "postgresql": django_database(BENCH_DB),
         },
         LOGGING_CONFIG=None,
     )

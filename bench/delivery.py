@@ -37,7 +37,7 @@ for _path in (ROOT / "example", ROOT / "src", ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from _postgres import ensure_database, pg_params  # noqa: E402
+from _postgres import django_database, ensure_database  # noqa: E402
 
 BENCH_DB = "hookpost_bench_delivery"
 TARGET_RATE = 2000.0
@@ -57,7 +57,6 @@ def configure_django() -> None:
     import django
     from django.conf import settings
 
-    pg = pg_params(BENCH_DB)
     settings.configure(
         DEBUG=False,
         SECRET_KEY="bench-only",
@@ -66,14 +65,7 @@ def configure_django() -> None:
         DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
         INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "hookpost"],
         DATABASES={
-            "default": {
-                "ENGINE": "django.db.backends.postgresql",
-                "NAME": pg["dbname"],
-                "USER": pg["user"],
-                "PASSWORD": pg["password"],
-                "HOST": pg["host"],
-                "PORT": pg["port"],
-            },
+            "default": django_database(BENCH_DB),
         },
         HOOKPOST={"ALLOWED_NETWORKS": ["127.0.0.0/8"], "ALLOW_HTTP": True},
         LOGGING_CONFIG=None,
