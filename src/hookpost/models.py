@@ -377,6 +377,13 @@ class Delivery(models.Model):
                 condition=Q(status="pending", attempt_count__gt=0),
             ),
             models.Index(fields=("endpoint", "status"), name="hookpost_delivery_endpoint"),
+            # "What is in flight", counted on every claim: only leased rows, so the count
+            # costs the number of requests in flight, not the size of the backlog.
+            models.Index(
+                fields=("lease_expires_at",),
+                name="hookpost_delivery_leased",
+                condition=Q(status="pending", lease_expires_at__isnull=False),
+            ),
         )
 
     def __str__(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -57,10 +58,43 @@ def _worker_transaction(using: str) -> Iterator[BaseDatabaseWrapper]:
     """
     connection = connections[using]
     with transaction.atomic(using=using):
-        if connection.vendor == "postgresql":
+        if connection.vendor == "postgresql" and not _async_session(connection):
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
         yield connection
+
+
+def use_async_commit_session(using: str) -> None:
+    """Turn ``synchronous_commit`` off for the whole session of this thread's connection ``using``.
+
+    Only for connections that do nothing but the worker's bookkeeping (the worker's
+    own database threads): it saves ``_worker_transaction`` a round trip per
+    transaction. Idempotent; repeated after the connection is replaced.
+    """
+    connection = connections[using]
+    if connection.vendor != "postgresql" or _async_session(connection):
+        return
+    connection.ensure_connection()
+    with connection.cursor() as cursor:
+        cursor.execute("SET synchronous_commit TO OFF")
+    connection._hookpost_async_session = connection.connection  # type: ignore[attr-defined]
+
+
+def _async_session(connection: BaseDatabaseWrapper) -> bool:
+    raw = connection.connection
+    return raw is not None and getattr(connection, "_hookpost_async_session", None) is raw
+
+
+def _any(connection: BaseDatabaseWrapper, column: str, values: Collection[Any]) -> tuple[str, list[Any]]:
+    """``column`` is one of ``values``, as SQL and its parameters.
+
+    PostgreSQL gets one array parameter, so the statement's text stays the same
+    whatever the number of values (the driver parses it once and caches it); other
+    databases get one placeholder per value.
+    """
+    if connection.vendor == "postgresql":
+        return f"{column} = ANY(%s)", [list(values)]
+    return f"{column} IN ({', '.join(['%s'] * len(values))})", list(values)
 
 
 def record_event(using: str, draft: EventDraft) -> Event:
@@ -199,6 +233,11 @@ def fan_out(*, using: str = "default", limit: int = 500, now: dt.datetime | None
         stamp = connection.ops.adapt_datetimefield_value(now)
         ids = [event_id for event_id, _ in batch]
         with connection.cursor() as cursor:
+            if sql.insert_and_mark:
+                # PostgreSQL: the deliveries and the mark in one statement, one round trip.
+                columns = list(zip(*rows, strict=True)) if rows else [(), (), ()]
+                cursor.execute(sql.insert_and_mark, [stamp, stamp, *map(list, columns), stamp, ids])
+                return len(batch)
             if rows:
                 if sql.insert:
                     cursor.executemany(
@@ -251,6 +290,17 @@ class _FanOutSQL:
             "postgresql": f"{values} ON CONFLICT DO NOTHING",
             "sqlite": values.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1),
         }.get(connection.vendor, "")
+        # PostgreSQL: rows as three arrays, inserted by a data-modifying CTE whose
+        # statement also marks the events; its text never changes with the batch size.
+        self.insert_and_mark = (
+            f"WITH new AS (INSERT INTO {d} ({columns}) "
+            f"SELECT r.event_id, r.endpoint_id, r.sequence, '{Delivery.Status.PENDING}', 0, %s, '', %s "
+            "FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS r(event_id, endpoint_id, sequence) "
+            "ON CONFLICT DO NOTHING) "
+            f"UPDATE {e} SET fanned_out_at = %s WHERE id = ANY(%s)"
+            if connection.vendor == "postgresql"
+            else ""
+        )
 
 
 def _number_fifo_deliveries(using: str, rows: list[list[Any]], counts: dict[int, int]) -> None:
@@ -308,8 +358,10 @@ def claim(
         with connection.cursor() as cursor:
             # Ids, not counts: a settled delivery recorded meanwhile is simply not leased any
             # more, so nothing is subtracted twice whatever the timing.
-            not_settled = f" AND id NOT IN ({', '.join(['%s'] * len(settled))})" if settled else ""
-            cursor.execute(sql.in_flight.format(not_settled=not_settled), [stamp, *settled])
+            not_settled, settled_params = _any(connection, "id", settled) if settled else ("", [])
+            if not_settled:
+                not_settled = f" AND NOT {not_settled}"
+            cursor.execute(sql.in_flight.format(not_settled=not_settled), [stamp, *settled_params])
             in_flight: dict[int, int] = dict(cursor.fetchall())
         endpoints: dict[int, Endpoint] = {}
         picked: list[tuple[int, Endpoint, dt.datetime | None, bool]] = []
@@ -349,15 +401,15 @@ def claim(
             return []
         expires = now + lease
         ids = [delivery_id for delivery_id, *_ in picked]
-        marks = ", ".join(["%s"] * len(ids))
-        lease_params = [worker_id, connection.ops.adapt_datetimefield_value(expires), *ids]
+        where, id_params = _any(connection, f"{sql.delivery_table}.id", ids)
+        lease_params = [worker_id, connection.ops.adapt_datetimefield_value(expires), *id_params]
         with connection.cursor() as cursor:
             # Only what sending needs: the payload, not whole events and endpoints.
             if sql.lease_returning:
-                cursor.execute(sql.lease_returning.format(ids=marks), lease_params)
+                cursor.execute(sql.lease_returning.format(ids=where), lease_params)
             else:
-                cursor.execute(sql.lease.format(ids=marks), lease_params)
-                cursor.execute(sql.payloads.format(ids=marks), ids)
+                cursor.execute(sql.lease.format(ids=where), lease_params)
+                cursor.execute(sql.payloads.format(ids=where), id_params)
             rows = {row[0]: row for row in cursor.fetchall()}
     claims = []
     for delivery_id, endpoint, send_at, probe in picked:
@@ -403,15 +455,15 @@ class _ClaimSQL:
             f"ORDER BY {d}.next_attempt_at, {d}.id LIMIT %s"
         )
         self.delivery_table = d
-        self.lease = f"UPDATE {d} SET lease_owner = %s, lease_expires_at = %s WHERE id IN ({{ids}})"
+        self.lease = f"UPDATE {d} SET lease_owner = %s, lease_expires_at = %s WHERE {{ids}}"
         self.payloads = (
             f"SELECT {d}.id, {d}.event_id, {d}.attempt_count, {d}.sequence, {e}.type, {e}.payload "
-            f"FROM {d} JOIN {e} ON {e}.id = {d}.event_id WHERE {d}.id IN ({{ids}})"
+            f"FROM {d} JOIN {e} ON {e}.id = {d}.event_id WHERE {{ids}}"
         )
         # PostgreSQL leases and reads the payloads in one round trip.
         self.lease_returning = (
             f"UPDATE {d} SET lease_owner = %s, lease_expires_at = %s FROM {e} "
-            f"WHERE {d}.id IN ({{ids}}) AND {e}.id = {d}.event_id "
+            f"WHERE {{ids}} AND {e}.id = {d}.event_id "
             f"RETURNING {d}.id, {d}.event_id, {d}.attempt_count, {d}.sequence, {e}.type, {e}.payload"
             if connection.vendor == "postgresql"
             else ""
@@ -431,12 +483,11 @@ def _candidates(
     d = sql.delivery_table
     exclude = ""
     params: list[Any] = [stamp, stamp, stamp]
-    if full:
-        exclude += f" AND {d}.endpoint_id NOT IN ({', '.join(['%s'] * len(full))})"
-        params.extend(full)
-    if seen:
-        exclude += f" AND {d}.id NOT IN ({', '.join(['%s'] * len(seen))})"
-        params.extend(seen)
+    for column, values in ((f"{d}.endpoint_id", full), (f"{d}.id", seen)):
+        if values:
+            where, more = _any(connection, column, values)
+            exclude += f" AND NOT {where}"
+            params.extend(more)
     params.append(size)
     statement = sql.candidates.format(queue="= 0" if first else "> 0", exclude=exclude) + sql.lock
     with connection.cursor() as cursor:
@@ -605,50 +656,127 @@ def record_results(
     now = now or timezone.now()
     breaker = breaker or Breaker()
     notices: list[Callable[[], object]] = []
-    with _worker_transaction(using):
-        Attempt.objects.using(using).bulk_create(
-            Attempt(
-                delivery_id=r.delivery_id,
-                number=r.number,
-                started_at=r.started_at,
-                duration_ms=r.duration_ms,
-                request_headers=r.request_headers,
-                status_code=r.status_code,
-                response_body=r.response_body,
-                error=r.error,
-                verdict=str(r.decision.verdict),
-            )
-            for r in results
-        )
-        by_verdict: dict[Verdict, list[AttemptResult]] = {}
-        for r in results:
-            by_verdict.setdefault(r.decision.verdict, []).append(r)
-        pending = Delivery.objects.using(using).filter(status=Delivery.Status.PENDING)
-        finished = {
-            "attempt_count": F("attempt_count") + 1,
-            "last_attempt_at": now,
-            "lease_owner": "",
-            "lease_expires_at": None,
-            "finished_at": now,
-            "next_attempt_at": None,
-        }
-        if delivered := by_verdict.get(Verdict.DELIVERED):
-            pending.filter(id__in=[r.delivery_id for r in delivered]).update(
-                status=Delivery.Status.DELIVERED, **finished
-            )
-        if gave_up := by_verdict.get(Verdict.GAVE_UP):
-            pending.filter(id__in=[r.delivery_id for r in gave_up]).update(
-                status=Delivery.Status.DEAD, **finished
-            )
-        if gone := by_verdict.get(Verdict.ENDPOINT_GONE):
-            pending.filter(id__in=[r.delivery_id for r in gone]).update(
-                status=Delivery.Status.CANCELLED, **finished
-            )
-        if retry := by_verdict.get(Verdict.RETRY):
-            _schedule_retries(using, retry, now)
+    with _worker_transaction(using) as connection:
+        if connection.vendor == "postgresql":
+            _record_in_one_statement(connection, results, now)
+        else:
+            _record_with_orm(using, results, now)
         notices.extend(_delivery_notices(results))
         notices.extend(_update_health(using, results, now, breaker, disable_after))
     transaction.on_commit(lambda: [notice() for notice in notices], using=using)
+
+
+class _RecordSQL:
+    """PostgreSQL: the attempt log and every delivery's next state in one statement."""
+
+    def __init__(self, connection: BaseDatabaseWrapper) -> None:
+        q = connection.ops.quote_name
+        d, a = q(Delivery._meta.db_table), q(Attempt._meta.db_table)
+        column_of = {f.name: str(f.column) for f in Attempt._meta.concrete_fields}
+        names = (
+            "delivery",
+            "number",
+            "started_at",
+            "duration_ms",
+            "request_headers",
+            "status_code",
+            "response_body",
+            "error",
+            "verdict",
+        )
+        columns = ", ".join(q(column_of[name]) for name in names)
+        pending = Delivery.Status.PENDING
+        # Each delivery's new status and due time ride along as arrays; a delivery
+        # already finished elsewhere (a replayed lease both workers sent) stays as it is.
+        self.statement = (
+            f"WITH log AS (INSERT INTO {a} ({columns}) SELECT * FROM unnest("
+            "%s::bigint[], %s::int[], %s::timestamptz[], %s::int[], %s::jsonb[], %s::int[], "
+            "%s::text[], %s::text[], %s::text[])) "
+            f"UPDATE {d} SET status = r.status, attempt_count = {d}.attempt_count + 1, "
+            "last_attempt_at = %s, lease_owner = '', lease_expires_at = NULL, "
+            f"finished_at = CASE WHEN r.status = '{pending}' THEN NULL ELSE %s END, "
+            "next_attempt_at = r.next_attempt_at "
+            "FROM unnest(%s::bigint[], %s::text[], %s::timestamptz[]) AS r(id, status, next_attempt_at) "
+            # The array again, as ANY: it lets the planner read the rows by primary key
+            # (unnest alone hides their number and it scans every pending delivery).
+            f"WHERE {d}.id = r.id AND {d}.id = ANY(%s::bigint[]) AND {d}.status = '{pending}'"
+        )
+
+
+#: The delivery status each verdict leads to.
+_NEXT_STATUS = {
+    Verdict.DELIVERED: Delivery.Status.DELIVERED,
+    Verdict.GAVE_UP: Delivery.Status.DEAD,
+    Verdict.ENDPOINT_GONE: Delivery.Status.CANCELLED,
+    Verdict.RETRY: Delivery.Status.PENDING,
+}
+
+
+def _record_in_one_statement(
+    connection: BaseDatabaseWrapper, results: Sequence[AttemptResult], now: dt.datetime
+) -> None:
+    sql = _statements(_RecordSQL, connection)
+    log: list[list[Any]] = [
+        [r.delivery_id for r in results],
+        [r.number for r in results],
+        [r.started_at for r in results],
+        [r.duration_ms for r in results],
+        [json.dumps(r.request_headers) for r in results],
+        [r.status_code for r in results],
+        [r.response_body for r in results],
+        [r.error for r in results],
+        [str(r.decision.verdict) for r in results],
+    ]
+    moves: list[list[Any]] = [
+        [r.delivery_id for r in results],
+        [str(_NEXT_STATUS[r.decision.verdict]) for r in results],
+        [r.decision.retry_at if r.decision.verdict is Verdict.RETRY else None for r in results],
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql.statement, [*log, now, now, *moves, moves[0]])
+
+
+def _record_with_orm(using: str, results: Sequence[AttemptResult], now: dt.datetime) -> None:
+    Attempt.objects.using(using).bulk_create(
+        Attempt(
+            delivery_id=r.delivery_id,
+            number=r.number,
+            started_at=r.started_at,
+            duration_ms=r.duration_ms,
+            request_headers=r.request_headers,
+            status_code=r.status_code,
+            response_body=r.response_body,
+            error=r.error,
+            verdict=str(r.decision.verdict),
+        )
+        for r in results
+    )
+    by_verdict: dict[Verdict, list[AttemptResult]] = {}
+    for r in results:
+        by_verdict.setdefault(r.decision.verdict, []).append(r)
+    pending = Delivery.objects.using(using).filter(status=Delivery.Status.PENDING)
+    finished = {
+        "attempt_count": F("attempt_count") + 1,
+        "last_attempt_at": now,
+        "lease_owner": "",
+        "lease_expires_at": None,
+        "finished_at": now,
+        "next_attempt_at": None,
+    }
+    if delivered := by_verdict.get(Verdict.DELIVERED):
+        pending.filter(id__in=[r.delivery_id for r in delivered]).update(
+            status=Delivery.Status.DELIVERED, **finished
+        )
+    if gave_up := by_verdict.get(Verdict.GAVE_UP):
+        pending.filter(id__in=[r.delivery_id for r in gave_up]).update(
+            status=Delivery.Status.DEAD, **finished
+        )
+    if gone := by_verdict.get(Verdict.ENDPOINT_GONE):
+        pending.filter(id__in=[r.delivery_id for r in gone]).update(
+            status=Delivery.Status.CANCELLED, **finished
+        )
+    if retry := by_verdict.get(Verdict.RETRY):
+        _schedule_retries(using, retry, now)
 
 
 def _schedule_retries(using: str, retry: list[AttemptResult], now: dt.datetime) -> None:

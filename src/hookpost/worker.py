@@ -131,6 +131,10 @@ class Worker:
         # Outcomes are written on a second thread and connection, so recording one batch
         # overlaps claiming the next instead of waiting for it.
         self._recorder = ThreadPoolExecutor(1, thread_name_prefix="hookpost-record")
+        # Fan-out too has its own thread and connection: a large fan-out must not hold
+        # up the claims that keep requests flowing.
+        self._fanner = ThreadPoolExecutor(1, thread_name_prefix="hookpost-fanout")
+        self._fanning: asyncio.Task[int] | None = None
         self._flushing: asyncio.Task[None] | None = None
         # Per endpoint: successful requests not yet recorded. Their leases still count in
         # the database; claims are told, so such a request frees its slot at once.
@@ -150,7 +154,7 @@ class Worker:
         try:
             asyncio.run(self._main(burst=burst, handle_signals=handle_signals))
         finally:
-            for executor in (self._db, self._recorder):
+            for executor in (self._db, self._recorder, self._fanner):
                 executor.submit(connections.close_all).result()
                 executor.shutdown(wait=True)
         return self.stats
@@ -218,14 +222,14 @@ class Worker:
         ):
             self._flushing = asyncio.create_task(self._flush())
             flushing = True
-        fanned = 0
-        if self._fan_out_due:
-            limit = max(self.batch_size, 100)
-            fanned = await self._call(outbox.fan_out, using=self.using, limit=limit)
-            self.stats.fanned_out += fanned
-            # A short batch means the backlog is done: skip the query until an event
-            # commits (NOTIFY) or the poll interval passes.
-            self._fan_out_due = fanned >= limit
+        fanned = self._fanned()
+        fanning = self._fanning is not None
+        if self._fan_out_due and not fanning:
+            # Due again when an event commits (NOTIFY), the poll interval passes, or this
+            # batch comes back full (more are waiting).
+            self._fan_out_due = False
+            self._fanning = asyncio.create_task(self._fan_out())
+            fanning = True
         # Claim ahead of free slots, so a finished request is followed at once by the next.
         room = self.concurrency + self.batch_size - len(tasks) - len(self._queue)
         claims: list[outbox.Claim] = []
@@ -247,9 +251,38 @@ class Worker:
         self.stats.in_flight = len(tasks)
         if self.on_progress:
             self.on_progress(self.stats)
-        if burst and not (fanned or claims or tasks or self._queue or self._results or flushing):
+        if burst and not (fanned or fanning or claims or tasks or self._queue or self._results or flushing):
             return None
         return bool(claims or fanned)
+
+    @property
+    def _fan_out_limit(self) -> int:
+        return max(self.batch_size, 100)
+
+    async def _fan_out(self) -> int:
+        try:
+            return await self._call(
+                outbox.fan_out, using=self.using, limit=self._fan_out_limit, executor=self._fanner
+            )
+        finally:
+            if self._wake is not None:
+                self._wake.set()
+
+    def _fanned(self) -> int:
+        """Collect a finished fan-out: the number of events it handled (its error, raised)."""
+        task = self._fanning
+        if task is None or not task.done():
+            return 0
+        self._fanning = None
+        try:
+            fanned = task.result()
+        except BaseException:
+            self._fan_out_due = True
+            raise
+        self.stats.fanned_out += fanned
+        if fanned >= self._fan_out_limit:
+            self._fan_out_due = True
+        return fanned
 
     def _start_queued(self, tasks: set[asyncio.Task[None]], transport: Transport) -> None:
         while self._queue and len(tasks) < self.concurrency:
@@ -383,9 +416,10 @@ class Worker:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        if self._flushing is not None:
-            await asyncio.gather(self._flushing, return_exceptions=True)
-            self._flushing = None
+        for pending in (self._flushing, self._fanning):
+            if pending is not None:
+                await asyncio.gather(pending, return_exceptions=True)
+        self._flushing = self._fanning = None
         await self._flush()
         if self._leased:
             released = await self._call(
@@ -405,7 +439,7 @@ class Worker:
     ) -> T:
         assert self._loop is not None
         return await self._loop.run_in_executor(
-            executor or self._db, partial(_in_db_thread, fn, *args, **kwargs)
+            executor or self._db, partial(_in_db_thread, self.using, fn, *args, **kwargs)
         )
 
     def _poke(self) -> None:
@@ -459,8 +493,11 @@ class Worker:
         return done
 
 
-def _in_db_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+def _in_db_thread(alias: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     try:
+        # These threads' connections do only the worker's bookkeeping: commit it
+        # asynchronously for the whole session (see outbox._worker_transaction).
+        outbox.use_async_commit_session(alias)
         return fn(*args, **kwargs)
     except (InterfaceError, OperationalError):
         # The database dropped the connection (restart, idle timeout): drop ours too, so

@@ -1,0 +1,217 @@
+"""The outbox's native statements agree with its ORM paths, on both databases."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import threading
+from typing import Any
+
+import pytest
+from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
+
+from hookpost import outbox
+from hookpost.models import Attempt, Delivery, Endpoint, Event
+from hookpost.retry import Decision, Verdict
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
+ON_POSTGRESQL = os.environ.get("HOOKPOST_DB") == "postgresql"
+LEASE = dt.timedelta(seconds=60)
+
+
+def leased_deliveries(count: int) -> list[outbox.Claim]:
+    """``count`` events fanned out to one endpoint and claimed by worker ``w``."""
+    Endpoint.objects.create(url="http://127.0.0.1:9/hooks", event_types=["*"], max_in_flight=1000)
+    drafts = [outbox.EventDraft(f"a.b{i}", "{}", NOW) for i in range(count)]
+    outbox.record_events("default", drafts)
+    assert outbox.fan_out(limit=1000) == count
+    claims = outbox.claim(worker_id="w", limit=count, lease=LEASE)
+    assert len(claims) == count
+    return claims
+
+
+def results_for(claims: list[outbox.Claim]) -> list[outbox.AttemptResult]:
+    """One result of each verdict, in turn, for the claimed deliveries."""
+    decisions = [
+        Decision(Verdict.DELIVERED, None, ""),
+        Decision(Verdict.RETRY, NOW + dt.timedelta(seconds=5), "HTTP 500"),
+        Decision(Verdict.GAVE_UP, None, "HTTP 500, last attempt"),
+        Decision(Verdict.ENDPOINT_GONE, None, "HTTP 410"),
+    ]
+    return [
+        outbox.AttemptResult(
+            delivery_id=c.delivery.id,
+            endpoint_id=c.delivery.endpoint_id,
+            event_id=c.delivery.event_id,
+            number=1,
+            started_at=NOW,
+            duration_ms=12,
+            request_headers={"webhook-id": c.delivery.event_id, "content-type": "application/json"},
+            status_code=[200, 500, 500, 410][i % 4],
+            response_body='{"ok": "é"}',
+            error="" if i % 4 == 0 else "HTTP error",
+            decision=decisions[i % 4],
+        )
+        for i, c in enumerate(claims)
+    ]
+
+
+def state() -> list[tuple[Any, ...]]:
+    """Every delivery and its attempts, without ids, in event order."""
+    rows = []
+    for d in Delivery.objects.order_by("event_id").prefetch_related("attempts"):
+        attempts = [
+            (
+                a.number,
+                a.started_at,
+                a.duration_ms,
+                a.request_headers,
+                a.status_code,
+                a.response_body,
+                a.error,
+                a.verdict,
+            )
+            for a in d.attempts.all()
+        ]
+        rows.append(
+            (
+                d.status,
+                d.attempt_count,
+                d.next_attempt_at,
+                d.lease_owner,
+                d.lease_expires_at,
+                d.last_attempt_at,
+                d.finished_at,
+                attempts,
+            )
+        )
+    return rows
+
+
+@pytest.mark.parametrize("path", ["native", "orm"])
+def test_recording_every_verdict_gives_the_same_rows_either_way(path):
+    claims = leased_deliveries(8)
+    results = results_for(claims)
+    record = outbox._record_in_one_statement if path == "native" else None
+    if record is not None and connection.vendor != "postgresql":
+        pytest.skip("the one-statement path is PostgreSQL's")
+    with outbox._worker_transaction("default") as conn:
+        if record is not None:
+            record(conn, results, NOW)
+        else:
+            outbox._record_with_orm("default", results, NOW)
+    rows = state()
+    assert [r[0] for r in rows] == ["delivered", "pending", "dead", "cancelled"] * 2
+    for row, result in zip(rows, results, strict=True):
+        status, attempts, next_at, owner, expires, last, done, [attempt] = row
+        assert attempts == 1 and owner == "" and expires is None and last == NOW
+        if status == "pending":
+            assert next_at == result.decision.retry_at and done is None
+        else:
+            assert next_at is None and done == NOW
+        assert attempt == (
+            1,
+            NOW,
+            12,
+            result.request_headers,
+            result.status_code,
+            result.response_body,
+            result.error,
+            str(result.decision.verdict),
+        )
+
+
+@pytest.mark.parametrize("path", ["native", "orm"])
+def test_a_late_result_never_moves_a_finished_delivery_back(path):
+    if path == "native" and connection.vendor != "postgresql":
+        pytest.skip("the one-statement path is PostgreSQL's")
+    [claim] = leased_deliveries(1)
+    Delivery.objects.filter(id=claim.delivery.id).update(status=Delivery.Status.DELIVERED, finished_at=NOW)
+    [delivered] = results_for([claim])
+    result = dataclasses.replace(
+        delivered, decision=Decision(Verdict.RETRY, NOW, "HTTP 500"), status_code=500
+    )
+    with outbox._worker_transaction("default") as conn:
+        if path == "native":
+            outbox._record_in_one_statement(conn, [result], NOW)
+        else:
+            outbox._record_with_orm("default", [result], NOW)
+    delivery = Delivery.objects.get()
+    assert delivery.status == Delivery.Status.DELIVERED and delivery.attempt_count == 0
+    # The request was made, so the log still shows it.
+    assert Attempt.objects.filter(delivery=delivery).count() == 1
+
+
+def test_fan_out_marks_its_events_and_a_repeat_adds_nothing():
+    Endpoint.objects.create(url="http://127.0.0.1:9/a", event_types=["a.*"])
+    Endpoint.objects.create(url="http://127.0.0.1:9/b", event_types=["a.b1", "z.*"])
+    outbox.record_events("default", [outbox.EventDraft(f"a.b{i}", "{}", NOW) for i in range(3)])
+    assert outbox.fan_out(limit=10) == 3
+    assert Delivery.objects.count() == 4
+    assert not Event.objects.awaiting_fan_out().exists()
+    Event.objects.update(fanned_out_at=None)  # as if the mark had been lost in a crash
+    assert outbox.fan_out(limit=10) == 3
+    assert Delivery.objects.count() == 4
+
+
+def test_fan_out_of_events_no_endpoint_wants_still_marks_them():
+    Endpoint.objects.create(url="http://127.0.0.1:9/a", event_types=["z.*"])
+    outbox.record_events("default", [outbox.EventDraft("a.b", "{}", NOW)])
+    assert outbox.fan_out(limit=10) == 1
+    assert not Delivery.objects.exists() and not Event.objects.awaiting_fan_out().exists()
+
+
+def test_id_lists_are_one_array_parameter_on_postgresql_and_placeholders_elsewhere():
+    sql, params = outbox._any(connection, "id", (3, 1, 2))
+    if connection.vendor == "postgresql":
+        # The statement's text stays the same whatever the batch: the driver parses it once.
+        assert (sql, params) == ("id = ANY(%s)", [[3, 1, 2]])
+    else:
+        assert (sql, params) == ("id IN (%s, %s, %s)", [3, 1, 2])
+
+
+def test_a_claim_told_of_many_settled_deliveries_frees_their_slots():
+    Endpoint.objects.create(url="http://127.0.0.1:9/hooks", event_types=["*"], max_in_flight=300)
+    outbox.record_events("default", [outbox.EventDraft(f"a.b{i}", "{}", NOW) for i in range(301)])
+    outbox.fan_out(limit=1000)
+    first = outbox.claim(worker_id="w", limit=301, lease=LEASE)
+    assert len(first) == 300  # the cap
+    settled = [c.delivery.id for c in first]
+    assert outbox.claim(worker_id="w", limit=10, lease=LEASE) == []
+    [last] = outbox.claim(worker_id="w", limit=10, lease=LEASE, settled=settled)
+    assert last.delivery.id not in settled
+
+
+@pytest.mark.skipif(not ON_POSTGRESQL, reason="synchronous_commit is PostgreSQL's")
+def test_worker_threads_commit_asynchronously_and_user_connections_keep_durability():
+    leased_deliveries(1)
+    seen: dict[str, Any] = {}
+
+    def worker_thread() -> None:
+        try:
+            outbox.use_async_commit_session("default")
+            conn = connections["default"]
+            with CaptureQueriesContext(conn) as queries:
+                outbox.claim(worker_id="w2", limit=1, lease=LEASE)
+            with conn.cursor() as cursor:
+                cursor.execute("SHOW synchronous_commit")
+                seen["setting"] = cursor.fetchone()[0]
+            seen["set_local"] = [q["sql"] for q in queries.captured_queries if "SET LOCAL" in q["sql"]]
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=worker_thread)
+    thread.start()
+    thread.join()
+    assert seen == {"setting": "off", "set_local": []}
+    # The test's own connection runs the same outbox code with a transaction-local setting only.
+    with CaptureQueriesContext(connection) as queries:
+        outbox.claim(worker_id="w3", limit=1, lease=LEASE)
+    assert any("SET LOCAL synchronous_commit" in q["sql"] for q in queries.captured_queries)
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"
