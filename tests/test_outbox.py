@@ -215,3 +215,61 @@ def test_worker_threads_commit_asynchronously_and_user_connections_keep_durabili
     with connection.cursor() as cursor:
         cursor.execute("SHOW synchronous_commit")
         assert cursor.fetchone()[0] == "on"
+
+
+# --- claiming ahead ---------------------------------------------------------------------------------
+
+
+def backlog(count: int, cap: int) -> Endpoint:
+    """An endpoint with ``cap`` requests in flight at most and ``count`` deliveries due."""
+    endpoint = Endpoint.objects.create(url="http://127.0.0.1:9/hooks", event_types=["*"], max_in_flight=cap)
+    outbox.record_events("default", [outbox.EventDraft(f"a.b{i}", "{}", NOW) for i in range(count)])
+    outbox.fan_out(limit=1000)
+    return endpoint
+
+
+def ids(claims: list[outbox.Claim]) -> list[int]:
+    return [c.delivery.id for c in claims]
+
+
+def test_without_claim_ahead_a_claim_stops_at_the_cap():
+    backlog(10, cap=3)
+    assert len(outbox.claim(worker_id="w", limit=10, lease=LEASE)) == 3
+    assert outbox.claim(worker_id="w", limit=10, lease=LEASE) == []
+
+
+def test_claiming_ahead_leases_one_more_caps_worth_which_waits_within_the_allowance():
+    backlog(12, cap=3)
+
+    def claim(**kwargs: Any) -> list[outbox.Claim]:
+        return outbox.claim(worker_id="w", limit=10, lease=LEASE, claim_ahead=True, **kwargs)
+
+    first = claim()
+    assert len(first) == 3 and {c.allowance for c in first} == {3}
+    # The first three are being sent: three more may wait behind them.
+    second = claim()
+    assert len(second) == 3
+    # Three sending, three waiting: nothing more.
+    assert claim(queued=ids(second)) == []
+    # Even once the first three succeed, a cap's worth is still waiting.
+    assert claim(settled=ids(first), queued=ids(second)) == []
+    # The waiting three went out: the next three may wait.
+    assert len(claim(settled=ids(first))) == 3
+
+
+def test_no_worker_claims_ahead_while_others_hold_the_whole_cap():
+    backlog(10, cap=3)
+    held = outbox.claim(worker_id="a", limit=10, lease=LEASE, claim_ahead=True)
+    held += outbox.claim(worker_id="a", limit=10, lease=LEASE, claim_ahead=True)
+    assert len(held) == 6
+    assert outbox.claim(worker_id="b", limit=10, lease=LEASE, claim_ahead=True) == []
+    # Once "a" holds less than the cap, "b" may lease, and may send only what "a" leaves.
+    Delivery.objects.filter(id__in=ids(held[:4])).update(lease_owner="", lease_expires_at=None)
+    theirs = outbox.claim(worker_id="b", limit=10, lease=LEASE, claim_ahead=True)
+    assert theirs and {c.allowance for c in theirs} == {1}
+
+
+def test_a_held_endpoint_gets_no_claims_until_its_failure_is_recorded():
+    endpoint = backlog(2, cap=3)
+    assert outbox.claim(worker_id="w", limit=10, lease=LEASE, claim_ahead=True, hold=[endpoint.id]) == []
+    assert len(outbox.claim(worker_id="w", limit=10, lease=LEASE, claim_ahead=True)) == 2

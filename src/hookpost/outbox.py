@@ -327,6 +327,9 @@ class Claim:
     send_at: dt.datetime | None = None
     # The endpoint's circuit is open and this is its one probe.
     probe: bool = False
+    # How many of this endpoint's requests the claiming worker may send at once: the
+    # endpoint's cap less the leases other workers held when this claim was made.
+    allowance: int = 1
 
 
 def claim(
@@ -339,6 +342,9 @@ def claim(
     breaker: Breaker | None = None,
     max_in_flight: int = 10,
     settled: Collection[int] = (),
+    queued: Collection[int] = (),
+    claim_ahead: bool = False,
+    hold: Collection[int] = (),
 ) -> list[Claim]:
     """Lease up to ``limit`` due deliveries to ``worker_id``, first attempts before retries.
 
@@ -349,54 +355,77 @@ def claim(
     serialises writers, so one worker is safe there. ``settled`` names the caller's
     leased deliveries whose request already succeeded (the outcome not yet written):
     they no longer take an in-flight slot.
+
+    With ``claim_ahead`` the caller promises to keep each endpoint's requests within
+    the claims' ``allowance`` as it sends them (the worker does), and may then lease up
+    to one cap's worth more per endpoint than can be sent at once, so the next request
+    is at hand when one finishes. ``queued`` names its leased deliveries not sent yet;
+    no more than a cap's worth wait at a time, and none are leased while other workers
+    hold the whole cap. ``hold`` names endpoints the caller has a failure of not yet
+    recorded: nothing is claimed for them until it is (it may open the circuit or
+    disable the endpoint).
     """
     now = now or timezone.now()
     breaker = breaker or Breaker()
     with _worker_transaction(using) as connection:
         sql = _statements(_ClaimSQL, connection)
         stamp = connection.ops.adapt_datetimefield_value(now)
-        with connection.cursor() as cursor:
-            # Ids, not counts: a settled delivery recorded meanwhile is simply not leased any
-            # more, so nothing is subtracted twice whatever the timing.
-            not_settled, settled_params = _any(connection, "id", settled) if settled else ("", [])
-            if not_settled:
-                not_settled = f" AND NOT {not_settled}"
-            cursor.execute(sql.in_flight.format(not_settled=not_settled), [stamp, *settled_params])
-            in_flight: dict[int, int] = dict(cursor.fetchall())
         endpoints: dict[int, Endpoint] = {}
         picked: list[tuple[int, Endpoint, dt.datetime | None, bool]] = []
         seen: set[int] = set()
-        full: set[int] = set()
-        for first in (True, False):
-            # A few passes per queue: endpoints that fill up are left out of the next one,
-            # so one busy endpoint cannot crowd the others out of the window.
-            for _ in range(3):
-                room = limit - len(picked)
-                if room <= 0:
-                    break
-                candidates = _candidates(connection, sql, stamp, first, room * 4, full, seen)
-                if not candidates:
-                    break
-                missing = {endpoint_id for _, endpoint_id in candidates} - endpoints.keys()
-                if missing:
-                    endpoints.update(Endpoint.objects.using(using).in_bulk(missing))
-                picked.extend(
-                    _admit(
-                        using,
-                        now,
-                        candidates,
-                        endpoints,
-                        in_flight,
-                        full,
-                        breaker,
-                        max_in_flight,
-                        room,
-                        lease,
-                    )
+        full: set[int] = set(hold)
+        in_flight: dict[int, int] = {}
+        others: dict[int, int] = {}
+        ahead: dict[int, int] = {}
+        active = 0
+        passes = 3
+        for pass_number in range(passes):
+            # A few passes: endpoints that fill up are left out of the next one, so one
+            # busy endpoint cannot crowd the others out of the window.
+            room = limit - len(picked)
+            if room <= 0:
+                break
+            size = room * 4
+            counts = _Counts(worker_id, settled, queued) if pass_number == 0 else None
+            window = _window(connection, sql, stamp, size, full, seen, counts)
+            if pass_number == 0:
+                in_flight, others, ahead, active = (
+                    window.in_flight,
+                    window.others,
+                    window.ahead,
+                    window.active,
                 )
-                seen.update(delivery_id for delivery_id, _ in candidates)
-                if len(candidates) < room * 4:
-                    break
+            # First attempts before retries: a window's retries are admitted once it holds
+            # every due first attempt (or on the last pass, so a FIFO head that is a retry
+            # is still reached behind a long line of first attempts).
+            firsts_exhausted = len(window.firsts) < size
+            candidates = window.firsts
+            if firsts_exhausted or pass_number == passes - 1:
+                candidates = candidates + window.retries
+            if not candidates:
+                break
+            missing = {endpoint_id for _, endpoint_id in candidates} - endpoints.keys()
+            if missing:
+                endpoints.update(Endpoint.objects.using(using).in_bulk(missing))
+            picked.extend(
+                _admit(
+                    using,
+                    now,
+                    candidates,
+                    endpoints,
+                    _Leases(in_flight, others, ahead, claim_ahead),
+                    full,
+                    breaker,
+                    max_in_flight,
+                    room,
+                    lease,
+                )
+            )
+            seen.update(delivery_id for delivery_id, _ in candidates)
+            more = not firsts_exhausted or len(window.retries) == size
+            # Nothing beyond the window, or every endpoint that could take more is full.
+            if not more or len(full) >= active:
+                break
         if not picked:
             return []
         expires = now + lease
@@ -425,7 +454,8 @@ def claim(
         )
         delivery.event = Event(id=event_id, type=event_type, payload=payload)
         delivery.endpoint = endpoint
-        claims.append(Claim(delivery=delivery, send_at=send_at, probe=probe))
+        allowance = 1 if probe else max(_cap(endpoint, max_in_flight) - others.get(endpoint.id, 0), 1)
+        claims.append(Claim(delivery=delivery, send_at=send_at, probe=probe, allowance=allowance))
     return claims
 
 
@@ -440,19 +470,32 @@ class _ClaimSQL:
         q = connection.ops.quote_name
         d, e, ep = (q(m._meta.db_table) for m in (Delivery, Event, Endpoint))
         pending = f"{d}.status = '{Delivery.Status.PENDING}'"
-        self.in_flight = (
-            f"SELECT endpoint_id, COUNT(*) FROM {d} WHERE {pending} AND lease_expires_at > %s"
-            "{not_settled} GROUP BY endpoint_id"
-        )
         lock = f" FOR UPDATE OF {d} SKIP LOCKED"
-        self.lock = lock if connection.features.has_select_for_update_skip_locked else ""
-        self.candidates = (
-            f"SELECT {d}.id, {d}.endpoint_id FROM {d} JOIN {ep} ON {ep}.id = {d}.endpoint_id "
+        lock = lock if connection.features.has_select_for_update_skip_locked else ""
+        queue = (
+            f"SELECT {d}.id, {d}.endpoint_id, {d}.next_attempt_at "
+            f"FROM {d} JOIN {ep} ON {ep}.id = {d}.endpoint_id "
             f"WHERE {pending} AND {d}.attempt_count {{queue}} AND {d}.next_attempt_at <= %s "
             f"AND ({d}.lease_expires_at IS NULL OR {d}.lease_expires_at <= %s) "
             f"AND {ep}.status = '{Endpoint.Status.ACTIVE}' "
-            f"AND ({ep}.blocked_until IS NULL OR {ep}.blocked_until <= %s){{exclude}} "
-            f"ORDER BY {d}.next_attempt_at, {d}.id LIMIT %s"
+            f"AND ({ep}.blocked_until IS NULL OR {ep}.blocked_until <= %s){{{{exclude}}}} "
+            f"ORDER BY {d}.next_attempt_at, {d}.id LIMIT %s{lock}"
+        )
+        # Kinds: 0 a first attempt, 1 a retry, 2 an endpoint's in-flight count, 3 the
+        # number of endpoints taking deliveries. The counts are only asked on a first pass.
+        self.window = (
+            f"WITH firsts AS ({queue.format(queue='= 0')}), retries AS ({queue.format(queue='> 0')}) "
+            "SELECT 0, id, endpoint_id, next_attempt_at, 0, 0 FROM firsts "
+            "UNION ALL SELECT 1, id, endpoint_id, next_attempt_at, 0, 0 FROM retries{counts}"
+        )
+        # Kind 2, per endpoint: live leases (settled ones left out), other workers' among
+        # them, and the caller's queued ones among them.
+        self.counts = (
+            " UNION ALL SELECT 2, endpoint_id, COUNT(*), NULL, "
+            "SUM(CASE WHEN lease_owner = %s THEN 0 ELSE 1 END), SUM(CASE WHEN {is_queued} THEN 1 ELSE 0 END) "
+            f"FROM {d} WHERE {pending} AND lease_expires_at > %s{{not_settled}} GROUP BY endpoint_id "
+            f"UNION ALL SELECT 3, COUNT(*), 0, NULL, 0, 0 FROM {ep} "
+            f"WHERE status = '{Endpoint.Status.ACTIVE}' AND (blocked_until IS NULL OR blocked_until <= %s)"
         )
         self.delivery_table = d
         self.lease = f"UPDATE {d} SET lease_owner = %s, lease_expires_at = %s WHERE {{ids}}"
@@ -470,29 +513,104 @@ class _ClaimSQL:
         )
 
 
-def _candidates(
+class _Counts(NamedTuple):
+    """What a claim's first look counts leases against: whose, and which are not in flight."""
+
+    worker_id: str
+    settled: Collection[int]
+    queued: Collection[int]
+
+
+class _Leases(NamedTuple):
+    """Per endpoint, the leases a claim admits against (updated as it admits)."""
+
+    live: dict[int, int]
+    others: dict[int, int]
+    queued: dict[int, int]
+    claim_ahead: bool
+
+    def limit(self, endpoint_id: int, cap: int) -> int:
+        """How many live leases ``endpoint_id`` may have: its cap, or twice it when claiming ahead.
+
+        Ahead only while other workers do not hold the whole cap, and no more than a
+        cap's worth waits unsent in the caller's queue.
+        """
+        ahead = (
+            self.claim_ahead
+            and self.others.get(endpoint_id, 0) < cap
+            and self.queued.get(endpoint_id, 0) < cap
+        )
+        return 2 * cap if ahead else cap
+
+
+class _Window(NamedTuple):
+    """One look at the due queues: candidates oldest first, and (first pass) what is in flight."""
+
+    firsts: list[tuple[int, int]]
+    retries: list[tuple[int, int]]
+    # Per endpoint: live leases (settled ones left out), other workers' leases among
+    # them, and the caller's queued leases among them.
+    in_flight: dict[int, int]
+    others: dict[int, int]
+    ahead: dict[int, int]
+    active: int
+
+
+def _window(
     connection: BaseDatabaseWrapper,
     sql: _ClaimSQL,
     stamp: Any,
-    first: bool,
     size: int,
     full: set[int],
     seen: set[int],
-) -> list[tuple[int, int]]:
-    """``(delivery id, endpoint id)`` of due deliveries in one queue, oldest first, locked."""
+    counts: _Counts | None,
+) -> _Window:
+    """Up to ``size`` due deliveries of each queue, locked; with ``counts``, the lease counts too.
+
+    One statement, one round trip: both queues, the in-flight count per endpoint and
+    the number of endpoints that could take deliveries.
+    """
     d = sql.delivery_table
     exclude = ""
-    params: list[Any] = [stamp, stamp, stamp]
+    exclude_params: list[Any] = []
     for column, values in ((f"{d}.endpoint_id", full), (f"{d}.id", seen)):
         if values:
             where, more = _any(connection, column, values)
             exclude += f" AND NOT {where}"
-            params.extend(more)
-    params.append(size)
-    statement = sql.candidates.format(queue="= 0" if first else "> 0", exclude=exclude) + sql.lock
+            exclude_params.extend(more)
+    queue_params = [stamp, stamp, stamp, *exclude_params, size]
+    params = [*queue_params, *queue_params]
+    counting = ""
+    if counts is not None:
+        # Ids, not numbers: a settled delivery recorded meanwhile is simply not leased any
+        # more, so nothing is subtracted twice whatever the timing.
+        not_settled, settled_params = "", list[Any]()
+        if counts.settled:
+            where, settled_params = _any(connection, "id", counts.settled)
+            not_settled = f" AND NOT {where}"
+        is_queued, queued_params = "1 = 0", list[Any]()
+        if counts.queued:
+            is_queued, queued_params = _any(connection, "id", counts.queued)
+        counting = sql.counts.format(is_queued=is_queued, not_settled=not_settled)
+        params += [counts.worker_id, *queued_params, stamp, *settled_params, stamp]
     with connection.cursor() as cursor:
-        cursor.execute(statement, params)
-        return [(row[0], row[1]) for row in cursor.fetchall()]
+        cursor.execute(sql.window.format(exclude=exclude, counts=counting), params)
+        rows = cursor.fetchall()
+    queues: tuple[list[tuple[Any, int, int]], list[tuple[Any, int, int]]] = ([], [])
+    in_flight: dict[int, int] = {}
+    others: dict[int, int] = {}
+    ahead: dict[int, int] = {}
+    active = 0
+    for kind, a, b, due, theirs, waiting in rows:
+        if kind < 2:
+            queues[kind].append((due, a, b))
+        elif kind == 2:
+            in_flight[a], others[a], ahead[a] = b, theirs, waiting
+        else:
+            active = a
+    # Oldest first, as each queue's index reads them (the statement's union does not promise order).
+    firsts, retries = ([(i, e) for _, i, e in sorted(q)] for q in queues)
+    return _Window(firsts, retries, in_flight, others, ahead, active)
 
 
 def _admit(
@@ -500,7 +618,7 @@ def _admit(
     now: dt.datetime,
     candidates: list[tuple[int, int]],
     endpoints: dict[int, Endpoint],
-    in_flight: dict[int, int],
+    leases: _Leases,
     full: set[int],
     breaker: Breaker,
     max_in_flight: int,
@@ -518,8 +636,9 @@ def _admit(
         if endpoint_id in full:
             continue
         endpoint = endpoints[endpoint_id]
-        busy = in_flight.get(endpoint_id, 0)
-        cap = 1 if endpoint.fifo else (endpoint.max_in_flight or max_in_flight)
+        busy = leases.live.get(endpoint_id, 0)
+        waiting = leases.queued.get(endpoint_id, 0)
+        cap = _cap(endpoint, max_in_flight)
         probe = breaker.is_open(endpoint.consecutive_failures)
         if probe:
             # One probe while the circuit is open; others wait for its answer.
@@ -527,7 +646,7 @@ def _admit(
                 full.add(endpoint_id)
                 continue
             cap = 1
-        if busy >= cap:
+        if busy >= (1 if probe else leases.limit(endpoint_id, cap)):
             full.add(endpoint_id)
             continue
         if endpoint.fifo and fifo_heads.get(endpoint_id) != delivery_id:
@@ -541,11 +660,17 @@ def _admit(
                 full.add(endpoint_id)
                 continue
         taken.append((delivery_id, endpoint, send_at, probe))
-        in_flight[endpoint_id] = busy + 1
-        if busy + 1 >= cap:
+        leases.live[endpoint_id] = busy + 1
+        leases.queued[endpoint_id] = waiting + 1
+        if probe or busy + 1 >= leases.limit(endpoint_id, cap):
             full.add(endpoint_id)
     slots.save()
     return taken
+
+
+def _cap(endpoint: Endpoint, max_in_flight: int) -> int:
+    """How many of ``endpoint``'s requests may be in flight at once, across all workers."""
+    return 1 if endpoint.fifo else (endpoint.max_in_flight or max_in_flight)
 
 
 def _fifo_heads(using: str, endpoints: list[Endpoint]) -> dict[int, int]:

@@ -143,7 +143,11 @@ class Worker:
         self._last_flush = time.monotonic()
         self._leased: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._queue: collections.deque[outbox.Claim] = collections.deque()
+        self._waiting = _Waiting()
+        # Claimed, never sent, to be given back (their endpoint just failed).
+        self._unsent: list[int] = []
+        # Per endpoint: failures not recorded yet. No claims for it until they are.
+        self._failing: collections.Counter[int] = collections.Counter()
         self._transport_in_use: Transport | None = None
         self._fan_out_due = True
 
@@ -217,7 +221,7 @@ class Worker:
             and (
                 len(self._results) >= self.batch_size
                 or time.monotonic() - self._last_flush > 0.05
-                or len(tasks) + len(self._queue) < self.concurrency
+                or len(tasks) + len(self._waiting) < self.concurrency
             )
         ):
             self._flushing = asyncio.create_task(self._flush())
@@ -230,10 +234,12 @@ class Worker:
             self._fan_out_due = False
             self._fanning = asyncio.create_task(self._fan_out())
             fanning = True
+        if self._unsent:
+            await self._release_unsent()
         # Claim ahead of free slots, so a finished request is followed at once by the next.
-        room = self.concurrency + self.batch_size - len(tasks) - len(self._queue)
+        room = self.concurrency + self.batch_size - len(tasks) - len(self._waiting)
         claims: list[outbox.Claim] = []
-        if room >= min(self.batch_size, self.concurrency) // 2 or not self._queue:
+        if room >= min(self.batch_size, self.concurrency) // 2 or not self._waiting:
             claims = await self._call(
                 outbox.claim,
                 worker_id=self.worker_id,
@@ -243,17 +249,35 @@ class Worker:
                 breaker=self.breaker,
                 max_in_flight=hookpost_settings.MAX_IN_FLIGHT,
                 settled=sorted(self._settled),
+                queued=self._waiting.ids(),
+                claim_ahead=True,
+                hold=sorted(+self._failing),
             )
             for claim in claims:
                 self._leased.add(claim.delivery.id)
-            self._queue.extend(claims)
+            # An endpoint may have failed while the claim was on its way: give its claims back.
+            failing = [c for c in claims if self._failing[c.delivery.endpoint_id] > 0]
+            self._unsent.extend(c.delivery.id for c in failing)
+            self._waiting.add([c for c in claims if self._failing[c.delivery.endpoint_id] <= 0])
         self._start_queued(tasks, transport)
         self.stats.in_flight = len(tasks)
         if self.on_progress:
             self.on_progress(self.stats)
-        if burst and not (fanned or fanning or claims or tasks or self._queue or self._results or flushing):
+        busy = (
+            fanned or fanning or claims or tasks or self._waiting or self._unsent or self._results or flushing
+        )
+        if burst and not busy:
             return None
         return bool(claims or fanned)
+
+    async def _release_unsent(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        try:
+            await self._call(outbox.release, unsent, worker_id=self.worker_id, using=self.using)
+        except BaseException:
+            self._unsent.extend(unsent)
+            raise
+        self._leased.difference_update(unsent)
 
     @property
     def _fan_out_limit(self) -> int:
@@ -285,14 +309,17 @@ class Worker:
         return fanned
 
     def _start_queued(self, tasks: set[asyncio.Task[None]], transport: Transport) -> None:
-        while self._queue and len(tasks) < self.concurrency:
-            claim = self._queue.popleft()
+        while len(tasks) < self.concurrency:
+            claim = self._waiting.take()
+            if claim is None:
+                break
             task = asyncio.create_task(self._deliver(claim, transport))
             tasks.add(task)
-            task.add_done_callback(self._on_task_done)
+            task.add_done_callback(partial(self._on_task_done, claim.delivery.endpoint_id))
 
-    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+    def _on_task_done(self, endpoint_id: int, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._waiting.finished(endpoint_id)
         if self._transport_in_use is not None:
             # Keep the pipe full without waiting for the next round's database calls.
             self._start_queued(self._tasks, self._transport_in_use)
@@ -365,6 +392,12 @@ class Worker:
             # Only a success frees its slot before it is recorded: a failure keeps holding
             # it, so the circuit breaker and a 410 take effect before more requests go.
             self._settled.add(delivery.id)
+        else:
+            # Nor do the endpoint's claims waiting here go out on their own: they are given
+            # back, and claimed again only under what this failure leads to (retry, open
+            # circuit, disabled endpoint) once it is recorded.
+            self._unsent.extend(claim.delivery.id for claim in self._waiting.drop(endpoint.id))
+            self._failing[endpoint.id] += 1
         self._results.append(
             outbox.AttemptResult(
                 delivery_id=delivery.id,
@@ -403,12 +436,13 @@ class Worker:
             if self._wake is not None:
                 self._wake.set()
         self._leased.difference_update(r.delivery_id for r in results)
+        self._failing.subtract(r.endpoint_id for r in results if r.decision.verdict is not Verdict.DELIVERED)
         self._settled.difference_update(r.delivery_id for r in results)
 
     async def _shutdown(self, tasks: set[asyncio.Task[None]]) -> None:
         """Let in-flight requests finish (they are bounded by their timeouts), then settle."""
         # Claimed but not started: their leases are released below.
-        self._queue.clear()
+        self._waiting.clear()
         self._transport_in_use = None
         if tasks and not self._forced:
             await asyncio.wait(tasks, timeout=hookpost_settings.TOTAL_TIMEOUT + 5)
@@ -491,6 +525,64 @@ class Worker:
         )
         thread.start()
         return done
+
+
+class _Waiting:
+    """Claimed deliveries not sent yet, per endpoint in claim order, each endpoint kept within its allowance.
+
+    The database lets a worker claim ahead of its free slots; this is where the
+    endpoint's cap is then kept: a claim is started only while fewer of its endpoint's
+    requests are being sent than the latest claim's allowance. Endpoints take turns.
+    """
+
+    def __init__(self) -> None:
+        self._by_endpoint: dict[int, collections.deque[outbox.Claim]] = {}
+        self._count = 0
+        self._sending: collections.Counter[int] = collections.Counter()
+        self._allowance: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, claims: list[outbox.Claim]) -> None:
+        for claim in claims:
+            endpoint_id = claim.delivery.endpoint_id
+            self._by_endpoint.setdefault(endpoint_id, collections.deque()).append(claim)
+            self._allowance[endpoint_id] = claim.allowance
+        self._count += len(claims)
+
+    def ids(self) -> list[int]:
+        return [claim.delivery.id for line in self._by_endpoint.values() for claim in line]
+
+    def take(self) -> outbox.Claim | None:
+        """The next claim whose endpoint has room, or None; it then counts as being sent."""
+        for endpoint_id, line in self._by_endpoint.items():
+            if self._sending[endpoint_id] >= self._allowance.get(endpoint_id, 1):
+                continue
+            claim = line.popleft()
+            # To the back of the turn order (dicts keep insertion order).
+            del self._by_endpoint[endpoint_id]
+            if line:
+                self._by_endpoint[endpoint_id] = line
+            self._count -= 1
+            self._sending[endpoint_id] += 1
+            return claim
+        return None
+
+    def drop(self, endpoint_id: int) -> list[outbox.Claim]:
+        """Take every waiting claim of ``endpoint_id`` out of the queue."""
+        line = self._by_endpoint.pop(endpoint_id, None)
+        if not line:
+            return []
+        self._count -= len(line)
+        return list(line)
+
+    def finished(self, endpoint_id: int) -> None:
+        self._sending[endpoint_id] -= 1
+
+    def clear(self) -> None:
+        self._by_endpoint.clear()
+        self._count = 0
 
 
 def _in_db_thread(alias: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
