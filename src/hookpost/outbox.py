@@ -100,14 +100,7 @@ def _any(connection: BaseDatabaseWrapper, column: str, values: Collection[Any]) 
 def record_event(using: str, draft: EventDraft) -> Event:
     """Insert one event on connection ``using``, inside whatever transaction is open there."""
     [msg_id] = new_message_ids(1)
-    event = Event(
-        id=msg_id,
-        type=draft.type,
-        payload=draft.payload,
-        occurred_at=draft.occurred_at,
-        origin=draft.origin,
-        error=draft.error,
-    )
+    event = _event(msg_id, draft)
     event.save(using=using, force_insert=True)
     signals.events_recorded.send(sender=Event, using=using)
     return event
@@ -173,18 +166,19 @@ def _write_with_executemany(
         cursor.executemany(sql, rows)
 
 
+def _event(msg_id: str, draft: EventDraft) -> Event:
+    return Event(
+        id=msg_id,
+        type=draft.type,
+        payload=draft.payload,
+        occurred_at=draft.occurred_at,
+        origin=draft.origin,
+        error=draft.error,
+    )
+
+
 def _write_with_orm(connection: BaseDatabaseWrapper, ids: list[str], drafts: Sequence[EventDraft]) -> None:
-    rows = [
-        Event(
-            id=msg_id,
-            type=d.type,
-            payload=d.payload,
-            occurred_at=d.occurred_at,
-            origin=d.origin,
-            error=d.error,
-        )
-        for msg_id, d in zip(ids, drafts, strict=True)
-    ]
+    rows = [_event(msg_id, d) for msg_id, d in zip(ids, drafts, strict=True)]
     Event.objects.using(connection.alias).bulk_create(rows, batch_size=hookpost_settings.CAPTURE_BATCH_SIZE)
 
 
@@ -374,9 +368,7 @@ def claim(
         picked: list[tuple[int, Endpoint, dt.datetime | None, bool]] = []
         seen: set[int] = set()
         full: set[int] = set(hold)
-        in_flight: dict[int, int] = {}
-        others: dict[int, int] = {}
-        ahead: dict[int, int] = {}
+        leases = _Leases({}, {}, {}, claim_ahead)
         active = 0
         passes = 3
         for pass_number in range(passes):
@@ -389,12 +381,8 @@ def claim(
             counts = _Counts(worker_id, settled, queued) if pass_number == 0 else None
             window = _window(connection, sql, stamp, size, full, seen, counts)
             if pass_number == 0:
-                in_flight, others, ahead, active = (
-                    window.in_flight,
-                    window.others,
-                    window.ahead,
-                    window.active,
-                )
+                leases = _Leases(window.live, window.others, window.queued, claim_ahead)
+                active = window.active
             # First attempts before retries: a window's retries are admitted once it holds
             # every due first attempt (or on the last pass, so a FIFO head that is a retry
             # is still reached behind a long line of first attempts).
@@ -413,7 +401,7 @@ def claim(
                     now,
                     candidates,
                     endpoints,
-                    _Leases(in_flight, others, ahead, claim_ahead),
+                    leases,
                     full,
                     breaker,
                     max_in_flight,
@@ -454,7 +442,7 @@ def claim(
         )
         delivery.event = Event(id=event_id, type=event_type, payload=payload)
         delivery.endpoint = endpoint
-        allowance = 1 if probe else max(_cap(endpoint, max_in_flight) - others.get(endpoint.id, 0), 1)
+        allowance = 1 if probe else max(_cap(endpoint, max_in_flight) - leases.others.get(endpoint.id, 0), 1)
         claims.append(Claim(delivery=delivery, send_at=send_at, probe=probe, allowance=allowance))
     return claims
 
@@ -550,9 +538,9 @@ class _Window(NamedTuple):
     retries: list[tuple[int, int]]
     # Per endpoint: live leases (settled ones left out), other workers' leases among
     # them, and the caller's queued leases among them.
-    in_flight: dict[int, int]
+    live: dict[int, int]
     others: dict[int, int]
-    ahead: dict[int, int]
+    queued: dict[int, int]
     active: int
 
 
@@ -597,20 +585,20 @@ def _window(
         cursor.execute(sql.window.format(exclude=exclude, counts=counting), params)
         rows = cursor.fetchall()
     queues: tuple[list[tuple[Any, int, int]], list[tuple[Any, int, int]]] = ([], [])
-    in_flight: dict[int, int] = {}
+    live: dict[int, int] = {}
     others: dict[int, int] = {}
-    ahead: dict[int, int] = {}
+    queued: dict[int, int] = {}
     active = 0
     for kind, a, b, due, theirs, waiting in rows:
         if kind < 2:
             queues[kind].append((due, a, b))
         elif kind == 2:
-            in_flight[a], others[a], ahead[a] = b, theirs, waiting
+            live[a], others[a], queued[a] = b, theirs, waiting
         else:
             active = a
     # Oldest first, as each queue's index reads them (the statement's union does not promise order).
     firsts, retries = ([(i, e) for _, i, e in sorted(q)] for q in queues)
-    return _Window(firsts, retries, in_flight, others, ahead, active)
+    return _Window(firsts, retries, live, others, queued, active)
 
 
 def _admit(

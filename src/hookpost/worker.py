@@ -235,7 +235,12 @@ class Worker:
             self._fanning = asyncio.create_task(self._fan_out())
             fanning = True
         if self._unsent:
-            await self._release_unsent()
+            unsent, self._unsent = self._unsent, []
+            try:
+                await self._release(unsent)
+            except BaseException:
+                self._unsent.extend(unsent)
+                raise
         # Claim ahead of free slots, so a finished request is followed at once by the next.
         room = self.concurrency + self.batch_size - len(tasks) - len(self._waiting)
         claims: list[outbox.Claim] = []
@@ -255,10 +260,11 @@ class Worker:
             )
             for claim in claims:
                 self._leased.add(claim.delivery.id)
-            # An endpoint may have failed while the claim was on its way: give its claims back.
-            failing = [c for c in claims if self._failing[c.delivery.endpoint_id] > 0]
-            self._unsent.extend(c.delivery.id for c in failing)
-            self._waiting.add([c for c in claims if self._failing[c.delivery.endpoint_id] <= 0])
+                if self._failing[claim.delivery.endpoint_id] > 0:
+                    # Its endpoint failed while the claim was on its way: give it back.
+                    self._unsent.append(claim.delivery.id)
+                else:
+                    self._waiting.add(claim)
         self._start_queued(tasks, transport)
         self.stats.in_flight = len(tasks)
         if self.on_progress:
@@ -270,14 +276,11 @@ class Worker:
             return None
         return bool(claims or fanned)
 
-    async def _release_unsent(self) -> None:
-        unsent, self._unsent = self._unsent, []
-        try:
-            await self._call(outbox.release, unsent, worker_id=self.worker_id, using=self.using)
-        except BaseException:
-            self._unsent.extend(unsent)
-            raise
-        self._leased.difference_update(unsent)
+    async def _release(self, delivery_ids: list[int]) -> int:
+        """Give back leases of deliveries this worker will not send; the number released."""
+        released = await self._call(outbox.release, delivery_ids, worker_id=self.worker_id, using=self.using)
+        self._leased.difference_update(delivery_ids)
+        return released
 
     @property
     def _fan_out_limit(self) -> int:
@@ -456,11 +459,8 @@ class Worker:
         self._flushing = self._fanning = None
         await self._flush()
         if self._leased:
-            released = await self._call(
-                outbox.release, sorted(self._leased), worker_id=self.worker_id, using=self.using
-            )
+            released = await self._release(sorted(self._leased))
             logger.info("released %d leases", released)
-            self._leased.clear()
 
     # -- helpers --
 
@@ -537,19 +537,16 @@ class _Waiting:
 
     def __init__(self) -> None:
         self._by_endpoint: dict[int, collections.deque[outbox.Claim]] = {}
-        self._count = 0
         self._sending: collections.Counter[int] = collections.Counter()
         self._allowance: dict[int, int] = {}
 
     def __len__(self) -> int:
-        return self._count
+        return sum(len(line) for line in self._by_endpoint.values())
 
-    def add(self, claims: list[outbox.Claim]) -> None:
-        for claim in claims:
-            endpoint_id = claim.delivery.endpoint_id
-            self._by_endpoint.setdefault(endpoint_id, collections.deque()).append(claim)
-            self._allowance[endpoint_id] = claim.allowance
-        self._count += len(claims)
+    def add(self, claim: outbox.Claim) -> None:
+        endpoint_id = claim.delivery.endpoint_id
+        self._by_endpoint.setdefault(endpoint_id, collections.deque()).append(claim)
+        self._allowance[endpoint_id] = claim.allowance
 
     def ids(self) -> list[int]:
         return [claim.delivery.id for line in self._by_endpoint.values() for claim in line]
@@ -564,25 +561,19 @@ class _Waiting:
             del self._by_endpoint[endpoint_id]
             if line:
                 self._by_endpoint[endpoint_id] = line
-            self._count -= 1
             self._sending[endpoint_id] += 1
             return claim
         return None
 
     def drop(self, endpoint_id: int) -> list[outbox.Claim]:
         """Take every waiting claim of ``endpoint_id`` out of the queue."""
-        line = self._by_endpoint.pop(endpoint_id, None)
-        if not line:
-            return []
-        self._count -= len(line)
-        return list(line)
+        return list(self._by_endpoint.pop(endpoint_id, ()))
 
     def finished(self, endpoint_id: int) -> None:
         self._sending[endpoint_id] -= 1
 
     def clear(self) -> None:
         self._by_endpoint.clear()
-        self._count = 0
 
 
 def _in_db_thread(alias: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
