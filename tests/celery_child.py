@@ -5,20 +5,9 @@ consume), HOOKPOST_CELERY_BROKER (optional, the broker URL).
 """
 
 import os
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "example"), str(ROOT / "src")]
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
-
-import django  # noqa: E402
-from django.conf import settings  # noqa: E402
-
-settings.DATABASES["default"]["NAME"] = os.environ["HOOKPOST_CHILD_DB"]
-django.setup()
-
-from tests.celery_app import QUEUE, app  # noqa: E402
+import child_django  # noqa: F401  (sets up Django first)
+from tests.celery_app import QUEUE, app
 
 if __name__ == "__main__":
     app.worker_main(

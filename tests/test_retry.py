@@ -21,6 +21,7 @@ from hookpost.retry import (
     parse_retry_after,
     should_disable,
 )
+from tests.purity import django_modules_after_importing
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 NAIVE = dt.datetime(2026, 3, 1, 12, 0)
@@ -624,19 +625,7 @@ def test_naive_datetimes_are_refused(call):
 
 
 def test_retry_imports_nothing_from_django():
-    code = (
-        "import hookpost.retry, sys; "
-        "assert not any(m == 'django' or m.startswith('django.') for m in sys.modules), "
-        "sorted(m for m in sys.modules if m.startswith('django'))"
-    )
-    env = {**os.environ, "PYTHONPATH": "src"}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=False
-    )
-
-    assert result.returncode == 0, result.stderr
+    assert django_modules_after_importing("hookpost.retry") == []
 
 
 def test_retry_imports_no_other_hookpost_module():

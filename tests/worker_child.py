@@ -6,20 +6,9 @@ HOOKPOST_CHILD_BURST ("1" to drain and exit), HOOKPOST_CHILD_ID (worker id).
 
 import datetime as dt
 import os
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "example"), str(ROOT / "src")]
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
-
-import django  # noqa: E402
-from django.conf import settings  # noqa: E402
-
-settings.DATABASES["default"]["NAME"] = os.environ["HOOKPOST_CHILD_DB"]
-django.setup()
-
-from hookpost.worker import Worker  # noqa: E402
+import child_django  # noqa: F401  (sets up Django first)
+from hookpost.worker import Worker
 
 if __name__ == "__main__":
     worker = Worker(
