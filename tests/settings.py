@@ -38,3 +38,5 @@ HOOKPOST = {
     "ALLOW_HTTP": True,
     "POLL_INTERVAL": 0.05,
 }
+
+ROOT_URLCONF = "tests.urls"

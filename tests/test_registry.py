@@ -319,5 +319,55 @@ def test_e017_unknown_runner():
     assert check_ids(RUNNER="cron") == ["hookpost.E017"]
 
 
+def test_e015_receiver_body_limit_must_be_positive():
+    assert check_ids(RECEIVER_MAX_BODY_BYTES=0) == ["hookpost.E015"]
+    assert check_ids(RECEIVER_MAX_BODY_BYTES="1MB") == ["hookpost.E015"]
+
+
+def test_e016_bad_receiver_retry_schedule():
+    assert check_ids(RECEIVER_RETRY_SCHEDULE="5m") == ["hookpost.E016"]
+    assert check_ids(RECEIVER_RETRY_SCHEDULE=[0, "1m"]) == []
+
+
+GOOD_KEY = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+@pytest.mark.parametrize(
+    ("sources", "fragment"),
+    [
+        ([], "is []"),
+        ({"has space": {"secrets": [GOOD_KEY]}}, "cannot appear in a URL"),
+        ({"library": [GOOD_KEY]}, "must be a dict"),
+        ({"library": {}}, "no secrets"),
+        ({"library": {"secrets": ["whsec_!!"]}}, "not valid base64"),
+        ({"library": {"secrets": GOOD_KEY + "\nwhsk_AAAA"}}, "private"),
+        ({"library": {"secrets": [GOOD_KEY], "secret": "typo"}}, "unknown options ['secret']"),
+        ({"library": {"secrets": [GOOD_KEY], "event_types": ["bad type"]}}, "invalid event type pattern"),
+        ({"library": {"secrets": [GOOD_KEY], "mode": "later"}}, "mode is 'later'"),
+        ({"library": {"secrets": [GOOD_KEY], "tolerance": -5}}, "tolerance is -5"),
+        ({"library": {"secrets": [GOOD_KEY], "max_body_bytes": 0.5}}, "max_body_bytes is 0.5"),
+    ],
+)
+def test_e018_receiver_sources_must_resolve(sources, fragment):
+    with override_settings(HOOKPOST={"RECEIVER_SOURCES": sources}):
+        messages = check_settings()
+    assert [m.id for m in messages] == ["hookpost.E018"]
+    assert fragment in messages[0].msg
+    # A secret never appears in a check message.
+    assert GOOD_KEY.removeprefix("whsec_") not in messages[0].msg
+
+
+def test_e018_good_sources_pass():
+    good = {
+        "library": {"secrets": [GOOD_KEY], "event_types": ["library.*"], "mode": "worker"},
+        "partner-2": {"secrets": GOOD_KEY, "tolerance": 0, "max_body_bytes": 10},
+    }
+    assert check_ids(RECEIVER_SOURCES=good) == []
+
+
+def test_e019_unknown_receiver_mode():
+    assert check_ids(RECEIVER_MODE="async") == ["hookpost.E019"]
+
+
 def test_w002_lease_not_longer_than_the_timeout():
     assert check_ids(LEASE_SECONDS=10, TOTAL_TIMEOUT=15) == ["hookpost.W002"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ from hookpost.conf import DEFAULTS, hookpost_settings
 from hookpost.events import model_spec_problems
 from hookpost.registry import MODEL_OPTIONS, settings_registrations
 from hookpost.retry import RetryPolicy
+from hookpost.sources import MODES, build
 
 HINTS = {
     "hookpost.E001": "Use an 'app_label.ModelName' label of an installed app.",
@@ -32,6 +34,9 @@ HINTS = {
     "hookpost.E015": "Give a number of seconds greater than 0.",
     "hookpost.E016": "Give a list of delays such as [0, '5s', '5m', '2h'], or None for the default.",
     "hookpost.E017": "Use 'worker' (the hookpost_worker command) or 'celery'.",
+    "hookpost.E018": "RECEIVER_SOURCES maps source names (letters, digits, '-', '_') to dicts such as "
+    "{'secrets': ['whsec_…'], 'event_types': ['library.*'], 'mode': 'inline'}.",
+    "hookpost.E019": "Use 'inline' (default), 'on_commit' or 'worker'.",
 }
 
 
@@ -67,6 +72,7 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
         messages.append(_error("hookpost.E012", f"HOOKPOST['STRICT'] is {hookpost_settings.STRICT!r}."))
     messages.extend(_check_models(hookpost_settings.MODELS))
     messages.extend(_check_delivery())
+    messages.extend(_check_receiver())
     return messages
 
 
@@ -130,6 +136,44 @@ def _check_delivery() -> list[CheckMessage]:
     runner = hookpost_settings.RUNNER
     if runner not in ("worker", "celery"):
         messages.append(_error("hookpost.E017", f"HOOKPOST['RUNNER'] is {runner!r}."))
+    return messages
+
+
+_SOURCE_NAME = re.compile(r"[-a-zA-Z0-9_]+")
+
+
+def _check_receiver() -> list[CheckMessage]:
+    """Validate the receiving side's settings: every declared source must resolve."""
+    messages: list[CheckMessage] = []
+    mode = hookpost_settings.RECEIVER_MODE
+    if mode not in MODES:
+        messages.append(_error("hookpost.E019", f"HOOKPOST['RECEIVER_MODE'] is {mode!r}."))
+    limit = hookpost_settings.RECEIVER_MAX_BODY_BYTES
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        messages.append(_error("hookpost.E015", f"HOOKPOST['RECEIVER_MAX_BODY_BYTES'] is {limit!r}."))
+    schedule = hookpost_settings.RECEIVER_RETRY_SCHEDULE
+    try:
+        if schedule is not None:
+            RetryPolicy.from_config(schedule)
+    except (TypeError, ValueError) as exc:
+        messages.append(_error("hookpost.E016", f"HOOKPOST['RECEIVER_RETRY_SCHEDULE']: {exc}"))
+    declared = hookpost_settings.RECEIVER_SOURCES
+    if not isinstance(declared, dict):
+        return [*messages, _error("hookpost.E018", f"HOOKPOST['RECEIVER_SOURCES'] is {declared!r}.")]
+    if messages:
+        # Sources fall back on these settings: their own problems would only repeat them.
+        return messages
+    for name, options in declared.items():
+        where = f"HOOKPOST['RECEIVER_SOURCES'][{name!r}]"
+        if not isinstance(name, str) or not _SOURCE_NAME.fullmatch(name):
+            messages.append(_error("hookpost.E018", f"{where}: the name cannot appear in a URL."))
+        elif not isinstance(options, dict):
+            messages.append(_error("hookpost.E018", f"{where} must be a dict of options."))
+        else:
+            try:
+                build(name, options)
+            except (TypeError, ValueError) as exc:
+                messages.append(_error("hookpost.E018", f"{where}: {exc}."))
     return messages
 
 

@@ -48,6 +48,18 @@ DEFAULTS: dict[str, Any] = {
     "RUNNER": "worker",
     # Days of attempts, finished deliveries and their events that hookpost_prune keeps.
     "RETENTION_DAYS": 30,
+    # -- receiving --
+    # Senders this project accepts webhooks from: {"name": {"secrets": [...], options}}. Options:
+    # "event_types" (patterns; others are acknowledged and ignored), "mode", "tolerance",
+    # "max_body_bytes". Sources can also be added in the admin; settings win on a name clash.
+    "RECEIVER_SOURCES": {},
+    # How received webhooks are handled: "inline" (in the request's transaction), "on_commit"
+    # (stored, then handled after commit) or "worker" (stored, handled by hookpost_worker).
+    "RECEIVER_MODE": "inline",
+    # Larger bodies are refused with 413 before they are read.
+    "RECEIVER_MAX_BODY_BYTES": 1024 * 1024,
+    # Delays before each handling attempt of a stored webhook; None: the delivery schedule.
+    "RECEIVER_RETRY_SCHEDULE": None,
 }
 
 

@@ -5,7 +5,10 @@ Tree::
     HookpostError
     ├── ConfigurationError (also django.core.exceptions.ImproperlyConfigured)
     │   └── AlreadyRegistered
-    └── PayloadError (also TypeError): a value in a payload cannot be encoded as JSON
+    ├── PayloadError (also TypeError): a value in a payload cannot be encoded as JSON
+    └── WebhookRejected (also SuspiciousOperation): a received webhook is refused, ``status`` 400
+        ├── UnknownSource: no active source by that name, 404
+        └── PayloadTooLarge: the body is over the source's limit, 413
 
 ``hookpost.signing.SignatureVerificationError`` stands apart: the signing module
 imports nothing from Django, so its error cannot inherit from this tree.
@@ -13,7 +16,7 @@ imports nothing from Django, so its error cannot inherit from this tree.
 
 from __future__ import annotations
 
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
 
 
 class HookpostError(Exception):
@@ -42,3 +45,29 @@ class PayloadError(HookpostError, TypeError):
             f"cannot encode {path} as JSON: value of type {self.value_type} "
             "(give the registration a serializer that returns JSON-friendly values)"
         )
+
+
+class WebhookRejected(HookpostError, SuspiciousOperation):
+    """A received webhook is refused; ``reason`` is safe to send back, ``status`` is the HTTP status.
+
+    Outside hookpost's receiver view, Django answers it as it does any
+    ``SuspiciousOperation``: 400, logged on ``django.security``.
+    """
+
+    status = 400
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class UnknownSource(WebhookRejected):
+    """No active source has that name."""
+
+    status = 404
+
+
+class PayloadTooLarge(WebhookRejected):
+    """The body is larger than the source accepts."""
+
+    status = 413

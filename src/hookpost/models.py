@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -425,3 +426,148 @@ class Attempt(models.Model):
 
     def __str__(self) -> str:
         return f"attempt {self.number} of delivery {self.delivery_id}: {self.verdict}"
+
+
+# --- the receiving side -----------------------------------------------------------------------
+
+
+def validate_verifying_keys(value: str) -> None:
+    """Model validator: one verification key per line, ``whsec_…`` (HMAC) or ``whpk_…`` (ed25519)."""
+    lines = [line.strip() for line in value.splitlines() if line.strip()]
+    if not lines:
+        raise ValidationError("Give at least one key: a whsec_ secret or a whpk_ ed25519 public key.")
+    for number, line in enumerate(lines, start=1):
+        try:
+            signing.parse_verifying_key(line)
+        except ValueError as exc:
+            # The message never repeats the key: it is a secret.
+            raise ValidationError(f"Key on line {number}: {exc}.") from None
+
+
+class Source(models.Model):
+    """A sender this project accepts webhooks from, managed in the admin.
+
+    Sources may also be declared in ``HOOKPOST["RECEIVER_SOURCES"]``; a source in
+    settings wins over one here with the same name.
+    """
+
+    class Mode(models.TextChoices):
+        INLINE = "inline", "Inline: handlers run in the request's transaction"
+        ON_COMMIT = "on_commit", "After commit: stored first, handled once the row is committed"
+        WORKER = "worker", "Worker: stored, handled by hookpost_worker with retries"
+
+    name = models.SlugField(
+        max_length=100, unique=True, help_text="Appears in the URL: /…/<name>/ (letters, digits, - and _)."
+    )
+    description = models.CharField(max_length=255, blank=True)
+    secrets = models.TextField(
+        validators=[validate_verifying_keys],
+        help_text="One key per line: whsec_… secrets (several while a sender rotates) or whpk_… "
+        "ed25519 public keys.",
+    )
+    event_types = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_type_patterns],
+        help_text="Event types to handle ('*' wildcards); others are acknowledged and ignored. Empty: all.",
+    )
+    mode = models.CharField(
+        max_length=16, choices=Mode.choices, blank=True, help_text="Blank: the RECEIVER_MODE setting."
+    )
+    tolerance = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Seconds a timestamp may be off (blank: SIGNATURE_TOLERANCE)."
+    )
+    max_body_bytes = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Largest body accepted (blank: RECEIVER_MAX_BODY_BYTES).",
+    )
+    is_active = models.BooleanField(default=True, help_text="An inactive source answers 404.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class InboundWebhookQuerySet(models.QuerySet["InboundWebhook"]):
+    """Received webhook states by name."""
+
+    def pending(self) -> InboundWebhookQuerySet:
+        """Stored and waiting to be handled (after commit, or by the worker)."""
+        return self.filter(status=InboundWebhook.Status.PENDING)
+
+    def due(self, now: dt.datetime | None = None) -> InboundWebhookQuerySet:
+        """Pending, due now, and not leased by a live processor."""
+        now = now or timezone.now()
+        return self.pending().filter(
+            Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now), next_attempt_at__lte=now
+        )
+
+    def processed(self) -> InboundWebhookQuerySet:
+        """Handled: every handler returned."""
+        return self.filter(status=InboundWebhook.Status.PROCESSED)
+
+    def failed(self) -> InboundWebhookQuerySet:
+        """A handler raised and nothing will retry it here (the sender may, or the admin's reprocess)."""
+        return self.filter(status=InboundWebhook.Status.FAILED)
+
+    def ignored(self) -> InboundWebhookQuerySet:
+        """Verified but of an event type its source does not accept."""
+        return self.filter(status=InboundWebhook.Status.IGNORED)
+
+
+class InboundWebhook(models.Model):
+    """A verified webhook this project received: its inbox row, unique per ``(source, webhook_id)``."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        PROCESSED = "processed", "Processed"
+        FAILED = "failed", "Failed"
+        IGNORED = "ignored", "Ignored"
+
+    source = models.CharField(max_length=100)
+    webhook_id = models.CharField(max_length=255)
+    event_type = models.CharField(max_length=events.MAX_TYPE_LENGTH, blank=True)
+    # The sender's webhook-timestamp, as signed.
+    sent_at = models.DateTimeField()
+    received_at = models.DateTimeField()
+    # The body exactly as received (verified UTF-8 JSON text), and the headers that matter.
+    body = models.TextField()
+    headers = models.JSONField(default=dict)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    objects: ClassVar[InboundWebhookQuerySet] = InboundWebhookQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        ordering = ("-received_at", "-id")
+        verbose_name = "received webhook"
+        constraints = (
+            # The dedupe: a second delivery of the same id fails this insert, never a lookup race.
+            models.UniqueConstraint(fields=("source", "webhook_id"), name="hookpost_inbound_unique_id"),
+        )
+        indexes = (
+            models.Index(fields=("received_at",), name="hookpost_inbound_received"),
+            models.Index(
+                fields=("next_attempt_at",),
+                name="hookpost_inbound_due",
+                condition=Q(status="pending"),
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.source}/{self.webhook_id} {self.event_type} ({self.status})"
+
+    @property
+    def payload(self) -> Any:
+        """The body, decoded from JSON."""
+        return json.loads(self.body)

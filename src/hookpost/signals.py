@@ -27,3 +27,10 @@ endpoint_disabled = Signal()
 
 #: An endpoint whose circuit was open answered with a 2xx again. kwargs: ``endpoint_id``.
 endpoint_recovered = Signal()
+
+#: A verified webhook is to be handled (hookpost.receiver). Sender: the ``InboundWebhook``
+#: model. kwargs: ``source`` (str), ``event_type`` (str, "" when the payload has no ``type``),
+#: ``payload`` (the decoded JSON body), ``webhook`` (the ``InboundWebhook`` row: id, headers,
+#: attempts…). A receiver that raises fails the whole handling: every handler's database work
+#: is rolled back together and the row is marked failed (and retried, depending on the mode).
+webhook_received = Signal()

@@ -65,7 +65,16 @@ _TIMESTAMP_PATTERN: Final = re.compile(r"0|[1-9][0-9]{0,18}")
 
 
 class SignatureVerificationError(Exception):
-    """A webhook failed verification: malformed headers, stale timestamp, or no valid signature."""
+    """A webhook failed verification: malformed headers, stale timestamp, or no valid signature.
+
+    ``code`` says which kind, for a receiver's answer: ``"headers"`` (missing or malformed
+    webhook headers), ``"timestamp"`` (outside the tolerance), ``"signature"`` (malformed or
+    not matching) or ``"keys"`` (the receiver's own keys are unusable: its fault, not the sender's).
+    """
+
+    def __init__(self, message: str, *, code: str = "signature") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _fingerprint(material: bytes) -> str:
@@ -327,9 +336,9 @@ def _verifying_keys(keys: Sequence[str | VerifyingKey]) -> list[VerifyingKey]:
         try:
             parsed.append(parse_verifying_key(key))
         except (TypeError, ValueError) as exc:
-            raise SignatureVerificationError(f"unusable verification key: {exc}") from exc
+            raise SignatureVerificationError(f"unusable verification key: {exc}", code="keys") from exc
     if not parsed:
-        raise SignatureVerificationError("no verification keys configured")
+        raise SignatureVerificationError("no verification keys configured", code="keys")
     return parsed
 
 
@@ -344,7 +353,7 @@ def _read_headers(headers: Mapping[Any, object]) -> tuple[str, str, str]:
         if lowered not in _KNOWN_HEADERS:
             continue
         if lowered in found and found[lowered] != value:
-            raise SignatureVerificationError(f"conflicting {lowered} headers")
+            raise SignatureVerificationError(f"conflicting {lowered} headers", code="headers")
         found[lowered] = value
     has_webhook = any(name in found for name in _WEBHOOK_HEADERS)
     has_svix = any(name in found for name in _SVIX_HEADERS)
@@ -353,11 +362,11 @@ def _read_headers(headers: Mapping[Any, object]) -> tuple[str, str, str]:
     for name in names:
         value = found.get(name)
         if value is None:
-            raise SignatureVerificationError(f"missing {name} header")
+            raise SignatureVerificationError(f"missing {name} header", code="headers")
         if not isinstance(value, str):
-            raise SignatureVerificationError(f"{name} header is not a str")
+            raise SignatureVerificationError(f"{name} header is not a str", code="headers")
         if not value:
-            raise SignatureVerificationError(f"{name} header is empty")
+            raise SignatureVerificationError(f"{name} header is empty", code="headers")
         values.append(value)
     return values[0], values[1], values[2]
 
@@ -421,15 +430,15 @@ def verify(
     msg_id, timestamp_text, signature_header = _read_headers(headers)
     problem = _msg_id_problem(msg_id)
     if problem is not None:
-        raise SignatureVerificationError(problem)
+        raise SignatureVerificationError(problem, code="headers")
     if not _TIMESTAMP_PATTERN.fullmatch(timestamp_text):
-        raise SignatureVerificationError("timestamp is not a whole number of seconds")
+        raise SignatureVerificationError("timestamp is not a whole number of seconds", code="headers")
     timestamp = int(timestamp_text)
     current = time.time() if now is None else now
     if timestamp < current - tolerance:
-        raise SignatureVerificationError("message timestamp is too old")
+        raise SignatureVerificationError("message timestamp is too old", code="timestamp")
     if timestamp > current + tolerance:
-        raise SignatureVerificationError("message timestamp is too far in the future")
+        raise SignatureVerificationError("message timestamp is too far in the future", code="timestamp")
     entries = _parse_signatures(signature_header)
     if not entries:
         raise SignatureVerificationError("no v1 or v1a signature in the signature header")

@@ -1,5 +1,8 @@
 """The delivery worker: fans out events, claims due deliveries, sends them concurrently, records outcomes.
 
+It also handles received webhooks stored for it (``hookpost.inbox``, sources in
+``worker`` mode, and ``on_commit`` ones whose request died), on a thread of their own.
+
 A plain class; ``manage.py hookpost_worker`` is a thin shell around it. HTTP runs
 on an asyncio loop (aiohttp); every database call runs on one dedicated thread,
 so the ORM stays synchronous and one connection serves the worker. Outcomes are
@@ -30,7 +33,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from hookpost import outbox
+from hookpost import inbox, outbox
 from hookpost.conf import hookpost_settings
 from hookpost.delivery import build_request, redact_headers
 from hookpost.models import Endpoint
@@ -61,6 +64,8 @@ class WorkerStats:
     delivered: int = 0
     failed: int = 0
     in_flight: int = 0
+    #: Received webhooks handled (sources in "worker" mode).
+    handled: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def line(self) -> str:
@@ -69,6 +74,7 @@ class WorkerStats:
         return (
             f"events {self.fanned_out}  sent {self.sent}  delivered {self.delivered}  "
             f"failed {self.failed}  in flight {self.in_flight}  {self.sent / elapsed:.0f}/s"
+            + (f"  received {self.handled}" if self.handled else "")
         )
 
 
@@ -135,6 +141,10 @@ class Worker:
         # up the claims that keep requests flowing.
         self._fanner = ThreadPoolExecutor(1, thread_name_prefix="hookpost-fanout")
         self._fanning: asyncio.Task[int] | None = None
+        # Received webhooks run user code that may be slow: never on a thread deliveries wait for.
+        self._handler = ThreadPoolExecutor(1, thread_name_prefix="hookpost-inbox")
+        self._handling: asyncio.Task[int] | None = None
+        self._inbox_due = True
         self._flushing: asyncio.Task[None] | None = None
         # Per endpoint: successful requests not yet recorded. Their leases still count in
         # the database; claims are told, so such a request frees its slot at once.
@@ -158,7 +168,7 @@ class Worker:
         try:
             asyncio.run(self._main(burst=burst, handle_signals=handle_signals))
         finally:
-            for executor in (self._db, self._recorder, self._fanner):
+            for executor in (self._db, self._recorder, self._fanner, self._handler):
                 executor.submit(connections.close_all).result()
                 executor.shutdown(wait=True)
         return self.stats
@@ -234,6 +244,12 @@ class Worker:
             self._fan_out_due = False
             self._fanning = asyncio.create_task(self._fan_out())
             fanning = True
+        handled = self._handled()
+        handling = self._handling is not None
+        if self._inbox_due and not handling:
+            self._inbox_due = False
+            self._handling = asyncio.create_task(self._handle_inbox())
+            handling = True
         if self._unsent:
             unsent, self._unsent = self._unsent, []
             try:
@@ -270,11 +286,20 @@ class Worker:
         if self.on_progress:
             self.on_progress(self.stats)
         busy = (
-            fanned or fanning or claims or tasks or self._waiting or self._unsent or self._results or flushing
+            fanned
+            or fanning
+            or handled
+            or handling
+            or claims
+            or tasks
+            or self._waiting
+            or self._unsent
+            or self._results
+            or flushing
         )
         if burst and not busy:
             return None
-        return bool(claims or fanned)
+        return bool(claims or fanned or handled)
 
     async def _release(self, delivery_ids: list[int]) -> int:
         """Give back leases of deliveries this worker will not send; the number released."""
@@ -311,6 +336,34 @@ class Worker:
             self._fan_out_due = True
         return fanned
 
+    async def _handle_inbox(self) -> int:
+        assert self._loop is not None
+        try:
+            # Not _call: handlers write the user's data, which must commit durably.
+            return await self._loop.run_in_executor(
+                self._handler,
+                partial(_reconnecting, inbox.process_due, limit=self.batch_size, using=self.using),
+            )
+        finally:
+            if self._wake is not None:
+                self._wake.set()
+
+    def _handled(self) -> int:
+        """Collect a finished round of received webhooks: how many were handled (its error, raised)."""
+        task = self._handling
+        if task is None or not task.done():
+            return 0
+        self._handling = None
+        try:
+            handled = task.result()
+        except BaseException:
+            self._inbox_due = True
+            raise
+        self.stats.handled += handled
+        if handled >= self.batch_size:
+            self._inbox_due = True
+        return handled
+
     def _start_queued(self, tasks: set[asyncio.Task[None]], transport: Transport) -> None:
         while len(tasks) < self.concurrency:
             claim = self._waiting.take()
@@ -340,6 +393,7 @@ class Worker:
         except TimeoutError:
             # Nothing woke the worker: new events may have come without a notification.
             self._fan_out_due = True
+            self._inbox_due = True
 
     async def _deliver(self, claim: outbox.Claim, transport: Transport) -> None:
         delivery = claim.delivery
@@ -453,10 +507,10 @@ class Worker:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        for pending in (self._flushing, self._fanning):
+        for pending in (self._flushing, self._fanning, self._handling):
             if pending is not None:
                 await asyncio.gather(pending, return_exceptions=True)
-        self._flushing = self._fanning = None
+        self._flushing = self._fanning = self._handling = None
         await self._flush()
         if self._leased:
             released = await self._release(sorted(self._leased))
@@ -482,8 +536,9 @@ class Worker:
                 self._loop.call_soon_threadsafe(self._wake.set)
 
     def _notified(self) -> None:
-        """A commit inserted events or deliveries: fan out on the next round, and wake up."""
+        """A commit inserted events, deliveries or webhooks to handle: look on the next round, and wake up."""
         self._fan_out_due = True
+        self._inbox_due = True
         self._poke()
 
     def _on_signal(self) -> None:
@@ -577,10 +632,18 @@ class _Waiting:
 
 
 def _in_db_thread(alias: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    # These threads' connections do only the worker's bookkeeping: commit it
+    # asynchronously for the whole session (see outbox._worker_transaction).
+    return _reconnecting(partial(_async_commit_then, alias, fn, *args, **kwargs))
+
+
+def _async_commit_then(alias: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    outbox.use_async_commit_session(alias)
+    return fn(*args, **kwargs)
+
+
+def _reconnecting(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     try:
-        # These threads' connections do only the worker's bookkeeping: commit it
-        # asynchronously for the whole session (see outbox._worker_transaction).
-        outbox.use_async_commit_session(alias)
         return fn(*args, **kwargs)
     except (InterfaceError, OperationalError):
         # The database dropped the connection (restart, idle timeout): drop ours too, so

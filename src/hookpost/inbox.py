@@ -1,0 +1,296 @@
+"""The only writer of inbox state: received webhooks stored once, handled, retried and reprocessed.
+
+A webhook is stored by inserting its row; the unique ``(source, webhook_id)``
+constraint, not a lookup, decides which of two concurrent deliveries of one id
+wins, so an id is handled once however the requests interleave. Handling sends
+``webhook_received`` inside a savepoint: if any receiver raises, the work of all
+of them is rolled back and the row records the failure instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import partial
+from typing import Any
+
+from django.db import IntegrityError, router, transaction
+from django.utils import timezone
+
+from hookpost import signals
+from hookpost.conf import hookpost_settings
+from hookpost.models import InboundWebhook
+from hookpost.retry import RetryPolicy
+from hookpost.signing import VerifiedMessage
+from hookpost.sources import SourceConfig
+
+__all__ = ["Outcome", "Received", "claim_due", "decode", "process", "process_due", "receive", "reprocess"]
+
+logger = logging.getLogger("hookpost.inbox")
+
+_Status = InboundWebhook.Status
+# Enough of a traceback to find the failing line in the admin, not a whole log.
+_MAX_ERROR_CHARS = 8000
+
+
+class Outcome(StrEnum):
+    """What became of a received webhook, as the view reports it."""
+
+    PROCESSED = "processed"
+    FAILED = "failed"
+    QUEUED = "queued"
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """The result of :func:`receive`: the outcome and the inbox row behind it."""
+
+    outcome: Outcome
+    webhook: InboundWebhook
+    error: BaseException | None = None
+
+
+def _db() -> str:
+    return router.db_for_write(InboundWebhook)
+
+
+def _policy() -> RetryPolicy:
+    schedule = hookpost_settings.RECEIVER_RETRY_SCHEDULE
+    jitter = hookpost_settings.RETRY_JITTER
+    if schedule is None:
+        return RetryPolicy(jitter=jitter)
+    return RetryPolicy.from_config(schedule, jitter=jitter)
+
+
+def _lease() -> dt.timedelta:
+    return dt.timedelta(seconds=hookpost_settings.LEASE_SECONDS)
+
+
+def receive(
+    source: SourceConfig,
+    message: VerifiedMessage,
+    *,
+    event_type: str,
+    body: str,
+    payload: Any,
+    headers: dict[str, str],
+    using: str | None = None,
+) -> Received:
+    """Store a verified webhook once and handle it as its source's mode says.
+
+    ``inline``: handled now, in this transaction (the row is written as processed and
+    turned to failed if a handler raises). ``on_commit``: stored now, handled right after
+    the transaction commits; if the process dies first, the lease runs out and the worker
+    handles it. ``worker``: stored for ``hookpost_worker``. A duplicate is never handled
+    again unless its earlier handling failed (a sender's retry, or a replay, is the way to
+    try again).
+    """
+    using = using or _db()
+    now = timezone.now()
+    accepted = source.accepts(event_type)
+    inline = accepted and source.mode == "inline"
+    row = InboundWebhook(
+        source=source.name,
+        webhook_id=message.msg_id,
+        event_type=event_type,
+        sent_at=dt.datetime.fromtimestamp(message.timestamp, dt.UTC),
+        received_at=now,
+        body=body,
+        headers=headers,
+    )
+    if not accepted:
+        row.status = _Status.IGNORED
+    elif inline:
+        row.status, row.attempts, row.processed_at = _Status.PROCESSED, 1, now
+    else:
+        row.next_attempt_at = now
+        if source.mode == "on_commit":
+            # Held by this request until it handles the row after commit; a worker takes
+            # over only if the lease runs out (the process died in between).
+            row.lease_expires_at = now + _lease()
+    with transaction.atomic(using=using):
+        try:
+            with transaction.atomic(using=using):
+                row.save(using=using, force_insert=True)
+        except IntegrityError:
+            return _again(source, row, payload, using)
+        if not accepted:
+            return Received(Outcome.IGNORED, row)
+        if inline:
+            error = _run_handlers(row, payload, using, retry=False, optimistic=True)
+            return Received(Outcome.FAILED if error else Outcome.PROCESSED, row, error)
+        if source.mode == "on_commit":
+            transaction.on_commit(partial(process, row.pk, using=using), using=using, robust=True)
+        return Received(Outcome.QUEUED, row)
+
+
+def _again(source: SourceConfig, fresh: InboundWebhook, payload: Any, using: str) -> Received:
+    """The id is already in the inbox: a duplicate, or another go at a failed one."""
+    row = (
+        InboundWebhook.objects.using(using)
+        .select_for_update()
+        .get(source=fresh.source, webhook_id=fresh.webhook_id)
+    )
+    if row.status != _Status.FAILED or not source.accepts(row.event_type):
+        return Received(Outcome.DUPLICATE, row)
+    if source.mode == "inline":
+        error = _run_handlers(row, payload, using, retry=False)
+        return Received(Outcome.FAILED if error else Outcome.PROCESSED, row, error)
+    # A fresh round of attempts, on the usual path.
+    row.status, row.attempts, row.next_attempt_at = _Status.PENDING, 0, timezone.now()
+    row.lease_expires_at = fresh.lease_expires_at
+    row.save(using=using, update_fields=("status", "attempts", "next_attempt_at", "lease_expires_at"))
+    if source.mode == "on_commit":
+        transaction.on_commit(partial(process, row.pk, using=using), using=using, robust=True)
+    return Received(Outcome.QUEUED, row)
+
+
+def _error_text(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception(exc))
+    return text if len(text) <= _MAX_ERROR_CHARS else "…" + text[-_MAX_ERROR_CHARS:]
+
+
+def _run_handlers(
+    row: InboundWebhook, payload: Any, using: str, *, retry: bool, optimistic: bool = False
+) -> BaseException | None:
+    """Send ``webhook_received`` for ``row`` in a savepoint and record how it went; the error, if any.
+
+    ``optimistic``: the row was just inserted as processed, so success writes nothing more.
+    """
+    now = timezone.now()
+    if not optimistic:
+        row.attempts += 1
+    try:
+        with transaction.atomic(using=using):
+            signals.webhook_received.send(
+                sender=InboundWebhook,
+                source=row.source,
+                event_type=row.event_type,
+                payload=payload,
+                webhook=row,
+            )
+    except Exception as exc:
+        logger.exception(
+            "handling webhook %s from %r (%s) failed, attempt %d",
+            row.webhook_id,
+            row.source,
+            row.event_type,
+            row.attempts,
+        )
+        delay = _policy().next_delay(row.attempts) if retry else None
+        row.status = _Status.PENDING if delay is not None else _Status.FAILED
+        row.next_attempt_at = now + delay if delay is not None else None
+        row.last_error = _error_text(exc)
+        row.processed_at = None
+        row.lease_expires_at = None
+        row.save(
+            using=using,
+            update_fields=(
+                "status",
+                "attempts",
+                "next_attempt_at",
+                "last_error",
+                "processed_at",
+                "lease_expires_at",
+            ),
+        )
+        return exc
+    if not optimistic:
+        row.status, row.processed_at, row.last_error = _Status.PROCESSED, now, ""
+        row.next_attempt_at = row.lease_expires_at = None
+        row.save(
+            using=using,
+            update_fields=(
+                "status",
+                "attempts",
+                "processed_at",
+                "last_error",
+                "next_attempt_at",
+                "lease_expires_at",
+            ),
+        )
+    return None
+
+
+def process(webhook_id: int, *, using: str | None = None) -> BaseException | None:
+    """Handle one stored, pending webhook now (after commit, or for the worker); the error, if any.
+
+    The row is locked while its handlers run, so if two processors reach it (a lease ran
+    out mid-way) the second sees it handled and does nothing.
+    """
+    using = using or _db()
+    with transaction.atomic(using=using):
+        row = (
+            InboundWebhook.objects.using(using)
+            .select_for_update()
+            .filter(pk=webhook_id, status=_Status.PENDING)
+            .first()
+        )
+        if row is None:
+            return None
+        return _run_handlers(row, row.payload, using, retry=True)
+
+
+def reprocess(webhook_ids: Sequence[int], *, using: str | None = None) -> dict[int, BaseException | None]:
+    """Handle webhooks now whatever their status (the admin's "reprocess"); each id's error, if any.
+
+    A failure here is recorded as failed, without automatic retries: whoever asked sees it.
+    """
+    using = using or _db()
+    errors: dict[int, BaseException | None] = {}
+    for webhook_id in webhook_ids:
+        with transaction.atomic(using=using):
+            row = InboundWebhook.objects.using(using).select_for_update().filter(pk=webhook_id).first()
+            if row is None:
+                continue
+            errors[webhook_id] = _run_handlers(row, row.payload, using, retry=False)
+    return errors
+
+
+def claim_due(*, limit: int, using: str | None = None, now: dt.datetime | None = None) -> list[int]:
+    """Lease up to ``limit`` due pending webhooks, oldest due first; their ids.
+
+    ``skip_locked`` keeps concurrent workers apart on PostgreSQL; SQLite runs one worker.
+    """
+    using = using or _db()
+    now = now or timezone.now()
+    with transaction.atomic(using=using):
+        ids = list(
+            InboundWebhook.objects.using(using)
+            .due(now)
+            .order_by("next_attempt_at", "id")
+            .select_for_update(skip_locked=True)
+            .values_list("id", flat=True)[:limit]
+        )
+        if ids:
+            InboundWebhook.objects.using(using).filter(pk__in=ids).update(lease_expires_at=now + _lease())
+    return ids
+
+
+def process_due(*, limit: int = 100, using: str | None = None) -> int:
+    """Claim and handle up to ``limit`` due webhooks, one transaction each; how many were claimed."""
+    ids = claim_due(limit=limit, using=using)
+    for webhook_id in ids:
+        process(webhook_id, using=using)
+    return len(ids)
+
+
+def decode(body: bytes) -> tuple[str, Any]:
+    """The body as text and as JSON; ValueError when it is not UTF-8 JSON (NaN/Infinity refused)."""
+    text = body.decode("utf-8")
+    try:
+        return text, json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON, and PostgreSQL's jsonb would refuse them later.
+    raise ValueError(f"{name} is not valid JSON")
