@@ -11,7 +11,7 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 
 from hookpost import outbox
-from hookpost.models import Attempt, Delivery, Endpoint, Event
+from hookpost.models import Attempt, Delivery, Endpoint, Event, InboundWebhook
 from library.models import Author
 from tests.receiver import Receiver
 
@@ -140,6 +140,35 @@ def test_prune_deletes_old_finished_work_and_keeps_pending_and_recent(receiver):
     assert Attempt.objects.count() == 1
     assert sorted(Delivery.objects.values_list("status", flat=True)) == ["delivered", "pending"]
     assert Event.objects.count() == 2
+
+
+def test_prune_deletes_old_handled_received_webhooks_and_keeps_pending_and_recent():
+    old = timezone.now() - dt.timedelta(days=40)
+    for number, (status, received_at) in enumerate(
+        [
+            ("processed", old),
+            ("failed", old),
+            ("ignored", old),
+            ("pending", old),
+            ("processed", timezone.now()),
+        ]
+    ):
+        InboundWebhook.objects.create(
+            source="library",
+            webhook_id=f"msg_{number}",
+            sent_at=received_at,
+            received_at=received_at,
+            body="{}",
+            status=status,
+        )
+
+    out = run("hookpost_prune", "--days", "30", "--dry-run")
+    assert out.startswith("would delete 0 attempts, 0 deliveries, 0 events, 3 received webhooks")
+    assert InboundWebhook.objects.count() == 5
+
+    out = run("hookpost_prune", "--days", "30")
+    assert out.startswith("deleted 0 attempts, 0 deliveries, 0 events, 3 received webhooks")
+    assert sorted(InboundWebhook.objects.values_list("webhook_id", flat=True)) == ["msg_3", "msg_4"]
 
 
 def test_prune_refuses_a_bad_day_count():

@@ -16,7 +16,9 @@ __all__ = [
     "HookpostError",
     "PayloadError",
     "SignatureVerificationError",
+    "WebhookRejected",
     "emit",
+    "on_webhook",
     "register",
     "register_signal",
     "unregister",
@@ -28,7 +30,9 @@ _LAZY = {
     "HookpostError": "hookpost.exceptions",
     "PayloadError": "hookpost.exceptions",
     "SignatureVerificationError": "hookpost.signing",
+    "WebhookRejected": "hookpost.exceptions",
     "emit": "hookpost.capture",
+    "on_webhook": "hookpost.receiver",
     "register": "hookpost.registry",
     "register_signal": "hookpost.registry",
     "unregister": "hookpost.registry",
@@ -37,7 +41,8 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from hookpost.capture import emit
-    from hookpost.exceptions import ConfigurationError, HookpostError, PayloadError
+    from hookpost.exceptions import ConfigurationError, HookpostError, PayloadError, WebhookRejected
+    from hookpost.receiver import on_webhook
     from hookpost.registry import (
         register,
         register_signal,

@@ -29,7 +29,17 @@ from hookpost.retry import RetryPolicy
 from hookpost.signing import VerifiedMessage
 from hookpost.sources import SourceConfig
 
-__all__ = ["Outcome", "Received", "claim_due", "decode", "process", "process_due", "receive", "reprocess"]
+__all__ = [
+    "Outcome",
+    "Received",
+    "claim_due",
+    "decode",
+    "process",
+    "process_due",
+    "prune",
+    "receive",
+    "reprocess",
+]
 
 logger = logging.getLogger("hookpost.inbox")
 
@@ -280,6 +290,27 @@ def process_due(*, limit: int = 100, using: str | None = None) -> int:
     for webhook_id in ids:
         process(webhook_id, using=using)
     return len(ids)
+
+
+def prune(before: dt.datetime, *, using: str | None = None, dry_run: bool = False, chunk: int = 5000) -> int:
+    """Delete received webhooks that finished (processed, failed or ignored) before ``before``.
+
+    Pending ones are never pruned. A pruned id is forgotten: the same id arriving again
+    would be handled again, which a sender's timestamp tolerance keeps from happening by
+    replay (keep retention far longer than the tolerance and any sender's retry window).
+    """
+    using = using or _db()
+    finished = (
+        InboundWebhook.objects.using(using).exclude(status=_Status.PENDING).filter(received_at__lt=before)
+    )
+    if dry_run:
+        return finished.count()
+    deleted = 0
+    while ids := list(finished.values_list("pk", flat=True)[:chunk]):
+        with transaction.atomic(using=using):
+            InboundWebhook.objects.using(using).filter(pk__in=ids).delete()
+        deleted += len(ids)
+    return deleted
 
 
 def decode(body: bytes) -> tuple[str, Any]:

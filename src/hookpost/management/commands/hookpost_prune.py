@@ -1,4 +1,4 @@
-"""``manage.py hookpost_prune``: delete attempts, finished deliveries and events past retention."""
+"""``manage.py hookpost_prune``: delete what finished before the retention period, sent and received."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from hookpost import outbox
+from hookpost import inbox, outbox
 from hookpost.conf import hookpost_settings
 from hookpost.management.commands._options import positive_int
 
@@ -16,7 +16,10 @@ from hookpost.management.commands._options import positive_int
 class Command(BaseCommand):
     """Prune the attempt log and finished work older than the retention period."""
 
-    help = "Delete attempts, finished deliveries and bare events older than --days (RETENTION_DAYS)."
+    help = (
+        "Delete attempts, finished deliveries, bare events and handled received webhooks older than "
+        "--days (RETENTION_DAYS)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         """Declare the options."""
@@ -29,6 +32,9 @@ class Command(BaseCommand):
         days = options["days"] or hookpost_settings.RETENTION_DAYS
         before = timezone.now() - dt.timedelta(days=days)
         counts = outbox.prune(before, using=options["database"], dry_run=options["dry_run"])
+        counts["received webhooks"] = inbox.prune(
+            before, using=options["database"], dry_run=options["dry_run"]
+        )
         verb = "would delete" if options["dry_run"] else "deleted"
         summary = ", ".join(f"{n} {name}" for name, n in counts.items())
         self.stdout.write(f"{verb} {summary} older than {before.isoformat()}")
