@@ -76,7 +76,7 @@ class Migration(migrations.Migration):
                             ("on_commit", "After commit: stored first, handled once the row is committed"),
                             ("worker", "Worker: stored, handled by hookpost_worker with retries"),
                         ],
-                        help_text="Blank: RECEIVER_MODE.",
+                        help_text="Blank: the RECEIVER_MODE setting.",
                         max_length=16,
                     ),
                 ),
