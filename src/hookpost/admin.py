@@ -24,11 +24,19 @@ else:
     _SourceAdmin = _InboundAdmin = admin.ModelAdmin
 
 
+class WriteOnlyTextarea(forms.Textarea):
+    """A textarea that never renders a value: not the stored one, not the one just typed."""
+
+    def format_value(self, value: Any) -> str | None:
+        """Render empty, whatever the value."""
+        return None
+
+
 class SourceForm(_SourceForm):
     """Keys are write-only: the form never shows them, and a blank field keeps the current ones."""
 
     secrets = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 3, "autocomplete": "off", "spellcheck": "false"}),
+        widget=WriteOnlyTextarea(attrs={"rows": 3, "autocomplete": "off", "spellcheck": "false"}),
         required=False,
         help_text="One key per line: whsec_… secrets (several while the sender rotates) or whpk_… "
         "ed25519 public keys. Never shown again; leave blank to keep the current keys.",
@@ -45,6 +53,11 @@ class SourceForm(_SourceForm):
             return self.instance.secrets
         validate_verifying_keys(value)
         return value.strip()
+
+    def clean_event_types(self) -> list[str]:
+        """A blank field means every type: an empty list, not NULL."""
+        value: list[str] | None = self.cleaned_data.get("event_types")
+        return value or []
 
 
 @admin.register(Source)

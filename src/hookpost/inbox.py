@@ -120,8 +120,10 @@ def receive(
     elif inline:
         row.status, row.attempts, row.processed_at = _Status.PROCESSED, 1, now
     else:
-        row.next_attempt_at = now
-        if source.mode == "on_commit":
+        # The request itself handles an on_commit row at once; the worker keeps the schedule.
+        on_commit = source.mode == "on_commit"
+        row.next_attempt_at = now if on_commit else _policy().first_attempt_at(now)
+        if on_commit:
             # Held by this request until it handles the row after commit; a worker takes
             # over only if the lease runs out (the process died in between).
             row.lease_expires_at = now + _lease()
@@ -237,10 +239,12 @@ def process(webhook_id: int, *, using: str | None = None) -> BaseException | Non
     """
     using = using or _db()
     with transaction.atomic(using=using):
+        # Due, re-checked under the lock: a processor that waited for it must not run a
+        # webhook that the one before it just failed and put off until later.
         row = (
             InboundWebhook.objects.using(using)
             .select_for_update()
-            .filter(pk=webhook_id, status=_Status.PENDING)
+            .filter(pk=webhook_id, status=_Status.PENDING, next_attempt_at__lte=timezone.now())
             .first()
         )
         if row is None:
