@@ -39,6 +39,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(PY) example/manage.py makemigrations --check --dry-run
+	MIRROR_SQLITE_PATH=$${TMPDIR:-/tmp}/hookpost-mirror-check.sqlite3 $(PY) example/inbound_manage.py makemigrations --check --dry-run
 
 test-sqlite: $(VENV)/.installed services
 	HOOKPOST_DB=sqlite $(VENV)/bin/pytest $(PYTEST_ARGS)
@@ -59,11 +60,12 @@ endif
 test: lint test-sqlite test-postgresql test-django6
 
 demo: $(VENV)/.installed
-	$(PY) example/demo.py
+	$(PY) example/demo.py && $(PY) example/demo_two_projects.py
 
 bench: $(VENV)/.installed services
 	$(PY) bench/capture.py
 	$(PY) bench/delivery.py
+	$(PY) bench/receiver.py
 
 format: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
