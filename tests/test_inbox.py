@@ -667,3 +667,31 @@ def test_inline_and_on_commit_webhooks_notify_nobody(listener, handler):
     assert InboundWebhook.objects.count() == 3
     assert len(handler.calls) == 2
     assert list(listener.notifies(timeout=0.5)) == []
+
+
+# --- the dedupe insert: one statement where the database can, a savepoint elsewhere -------------
+
+
+@pytest.mark.parametrize("path", ["one statement", "savepoint"])
+def test_the_dedupe_insert_stores_a_new_id_once_on_either_path(monkeypatch, handler, path):
+    if path == "savepoint":
+        # What databases without INSERT … ON CONFLICT … RETURNING take.
+        monkeypatch.setattr(inbox, "_ONE_STATEMENT_VENDORS", ())
+    first = deliver(make_source("inline"), data={"pk": 7})
+    again = deliver(make_source("inline"), data={"pk": 7})
+    assert (first.outcome, again.outcome) == (Outcome.PROCESSED, Outcome.DUPLICATE)
+    assert first.webhook.pk == again.webhook.pk
+    stored = InboundWebhook.objects.get()
+    assert (stored.source, stored.webhook_id, stored.status, stored.attempts) == (
+        "partner",
+        "msg_1",
+        Status.PROCESSED,
+        1,
+    )
+    assert stored.payload == {"type": "library.book.deleted", "data": {"pk": 7}}
+    assert stored.headers["webhook-id"] == "msg_1"
+    assert stored.sent_at.tzinfo is not None and stored.processed_at is not None
+    assert len(handler.calls) == 1
+    # The row handed to handlers is the stored one, saved state and all.
+    assert handler.calls[0]["webhook"].pk == stored.pk
+    assert not handler.calls[0]["webhook"]._state.adding

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from enum import StrEnum
 from functools import partial
 from typing import Any
 
-from django.db import IntegrityError, router, transaction
+from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
 
 from hookpost import signals
@@ -44,6 +45,8 @@ __all__ = [
 logger = logging.getLogger("hookpost.inbox")
 
 _Status = InboundWebhook.Status
+# Databases whose INSERT … ON CONFLICT DO NOTHING RETURNING the dedupe uses.
+_ONE_STATEMENT_VENDORS = ("postgresql", "sqlite")
 # Enough of a traceback to find the failing line in the admin, not a whole log.
 _MAX_ERROR_CHARS = 8000
 
@@ -128,10 +131,7 @@ def receive(
             # over only if the lease runs out (the process died in between).
             row.lease_expires_at = now + _lease()
     with transaction.atomic(using=using):
-        try:
-            with transaction.atomic(using=using):
-                row.save(using=using, force_insert=True)
-        except IntegrityError:
+        if not _insert_once(row, using):
             return _again(source, row, payload, using)
         if not accepted:
             return Received(Outcome.IGNORED, row)
@@ -143,14 +143,53 @@ def receive(
         return Received(Outcome.QUEUED, row)
 
 
+def _insert_once(row: InboundWebhook, using: str) -> bool:
+    """Insert ``row`` unless its ``(source, webhook_id)`` is already there; whether it was inserted.
+
+    PostgreSQL and SQLite (3.35+) do it in one ``INSERT … ON CONFLICT DO NOTHING RETURNING``
+    statement (a concurrent insert of the same id waits for the other transaction, then
+    does nothing); elsewhere a savepoint catches the IntegrityError.
+    """
+    connection = connections[using]
+    if (
+        connection.vendor not in _ONE_STATEMENT_VENDORS
+        or not connection.features.can_return_columns_from_insert
+    ):
+        try:
+            with transaction.atomic(using=using):
+                row.save(using=using, force_insert=True)
+        except IntegrityError:
+            return False
+        return True
+    meta = InboundWebhook._meta
+    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    quote = connection.ops.quote_name
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column or f.attname) for f in fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))}) "
+        f"ON CONFLICT ({quote('source')}, {quote('webhook_id')}) DO NOTHING "
+        f"RETURNING {quote(meta.pk.column or 'id')}"
+    )
+    params = [f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        found = cursor.fetchone()
+    if found is None:
+        return False
+    row.pk = found[0]
+    row._state.adding, row._state.db = False, using
+    return True
+
+
 def _again(source: SourceConfig, fresh: InboundWebhook, payload: Any, using: str) -> Received:
     """The id is already in the inbox: a duplicate, or another go at a failed one."""
-    row = (
-        InboundWebhook.objects.using(using)
-        .select_for_update()
-        .get(source=fresh.source, webhook_id=fresh.webhook_id)
-    )
+    inbox = InboundWebhook.objects.using(using).filter(source=fresh.source, webhook_id=fresh.webhook_id)
+    row = inbox.get()
     if row.status != _Status.FAILED or not source.accepts(row.event_type):
+        return Received(Outcome.DUPLICATE, row)
+    # Locked only to try again, so two retries of one failed id do not both run.
+    row = inbox.select_for_update().get()
+    if row.status != _Status.FAILED:
         return Received(Outcome.DUPLICATE, row)
     if source.mode == "inline":
         error = _run_handlers(row, payload, using, retry=False)
@@ -321,9 +360,17 @@ def decode(body: bytes) -> tuple[str, Any]:
     """The body as text and as JSON; ValueError when it is not UTF-8 JSON (NaN/Infinity refused)."""
     text = body.decode("utf-8")
     try:
-        return text, json.loads(text, parse_constant=_refuse_constant)
+        return text, json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+
+
+def _finite(text: str) -> float:
+    # 1e999 would become inf: the same non-JSON value as "Infinity", by another spelling.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is beyond the range of a number")
+    return value
 
 
 def _refuse_constant(name: str) -> Any:

@@ -114,6 +114,12 @@ class WebhookView(View):
             return JsonResponse({"error": "receiver misconfigured"}, status=500)
         return self.respond(received)
 
+    def http_method_not_allowed(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        """405 with the allowed methods, as JSON like every other refusal."""
+        response = JsonResponse({"error": "method not allowed"}, status=405)
+        response["Allow"] = ", ".join(m.upper() for m in self.http_method_names if hasattr(self, m))
+        return response
+
     def head(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         """Answer a sender's probe: the URL exists (the source is not checked, to reveal nothing)."""
         return HttpResponse(status=200)
