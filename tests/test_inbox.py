@@ -669,6 +669,42 @@ def test_inline_and_on_commit_webhooks_notify_nobody(listener, handler):
     assert list(listener.notifies(timeout=0.5)) == []
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_replayed_failed_worker_webhook_notifies_the_worker_and_a_put_off_retry_does_not(
+    listener, handler, schedule
+):
+    received = deliver(make_source("worker"))
+    assert len(list(listener.notifies(timeout=5, stop_after=1))) == 1
+    handler.error = RuntimeError("down")
+    make_due(received.webhook)
+    inbox.process_due()  # fails: pending again, put off by the schedule
+    assert list(listener.notifies(timeout=0.3)) == []
+    InboundWebhook.objects.filter(pk=received.webhook.pk).update(status=Status.FAILED)
+    assert deliver(make_source("worker")).outcome is Outcome.QUEUED  # the sender's replay
+    assert len(list(listener.notifies(timeout=5, stop_after=1))) == 1
+
+
+@pytest.mark.parametrize("mode", ["inline", "on_commit", "worker"])
+def test_handlers_see_the_webhook_as_pending_in_every_mode(handler, mode, django_capture_on_commit_callbacks):
+    seen = []
+    handler.release = None
+    signals.webhook_received.connect(
+        lambda sender, webhook, **kwargs: seen.append((webhook.status, webhook.processed_at)),
+        weak=False,
+        dispatch_uid="test-inbox-status",
+    )
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            received = deliver(make_source(mode))
+        inbox.process_due()
+    finally:
+        signals.webhook_received.disconnect(dispatch_uid="test-inbox-status")
+    assert seen == [(Status.PENDING, None)]
+    stored = row(received)
+    assert stored.status == Status.PROCESSED and stored.processed_at is not None
+    assert received.webhook.processed_at in (None, stored.processed_at)
+
+
 # --- the dedupe insert: one statement where the database can, a savepoint elsewhere -------------
 
 

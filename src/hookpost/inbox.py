@@ -216,7 +216,11 @@ def _run_handlers(
     ``optimistic``: the row was just inserted as processed, so success writes nothing more.
     """
     now = timezone.now()
-    if not optimistic:
+    stored_processed_at = row.processed_at
+    if optimistic:
+        # Stored as processed already; handlers see it as in every mode: being handled.
+        row.status, row.processed_at = _Status.PENDING, None
+    else:
         row.attempts += 1
     try:
         with transaction.atomic(using=using):
@@ -253,7 +257,9 @@ def _run_handlers(
             ),
         )
         return exc
-    if not optimistic:
+    if optimistic:
+        row.status, row.processed_at = _Status.PROCESSED, stored_processed_at
+    else:
         row.status, row.processed_at, row.last_error = _Status.PROCESSED, now, ""
         row.next_attempt_at = row.lease_expires_at = None
         row.save(

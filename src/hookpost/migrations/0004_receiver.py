@@ -7,8 +7,9 @@ import hookpost.models
 
 
 def create_trigger(apps, schema_editor):
-    # PostgreSQL only: wake listening workers when a webhook is stored for them to handle
-    # (0002 created hookpost_notify()). Rows handled in the request never wake anyone.
+    # PostgreSQL only: wake listening workers when a webhook is stored for them to handle,
+    # or a failed one is put back for them (a replay); 0002 created hookpost_notify().
+    # Rows handled in the request, and retries put off until later, wake nobody.
     if schema_editor.connection.vendor != "postgresql":
         return
     quote = schema_editor.quote_name
@@ -17,6 +18,11 @@ def create_trigger(apps, schema_editor):
         f"CREATE TRIGGER {quote(table + '_notify')} AFTER INSERT ON {quote(table)} FOR EACH ROW "
         "WHEN (NEW.status = 'pending' AND NEW.lease_expires_at IS NULL) EXECUTE FUNCTION hookpost_notify()"
     )
+    schema_editor.execute(
+        f"CREATE TRIGGER {quote(table + '_notify_again')} AFTER UPDATE OF status ON {quote(table)} "
+        "FOR EACH ROW WHEN (OLD.status <> 'pending' AND NEW.status = 'pending' "
+        "AND NEW.lease_expires_at IS NULL) EXECUTE FUNCTION hookpost_notify()"
+    )
 
 
 def drop_trigger(apps, schema_editor):
@@ -24,7 +30,8 @@ def drop_trigger(apps, schema_editor):
         return
     quote = schema_editor.quote_name
     table = apps.get_model("hookpost", "InboundWebhook")._meta.db_table
-    schema_editor.execute(f"DROP TRIGGER IF EXISTS {quote(table + '_notify')} ON {quote(table)}")
+    for name in ("_notify", "_notify_again"):
+        schema_editor.execute(f"DROP TRIGGER IF EXISTS {quote(table + name)} ON {quote(table)}")
 
 
 class Migration(migrations.Migration):
