@@ -13,9 +13,9 @@ PYTEST_ARGS ?=
 .PHONY: help demo test lint services test-sqlite test-postgresql test-django6 bench format clean
 
 help:
-	@echo "make demo    run the example: changes become signed webhooks to a local receiver (SQLite)"
+	@echo "make demo    run the examples: changes become signed webhooks to a local receiver, then to a second Django project (SQLite)"
 	@echo "make test    lint + the whole suite on SQLite and PostgreSQL (Django 5.2, and 6.x if Python 3.12 exists)"
-	@echo "make bench   benchmarks: capture cost of a 10,000-row delete; delivery throughput and latency"
+	@echo "make bench   benchmarks: capture cost of a 10,000-row delete; delivery throughput and latency; receiver webhooks/s"
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON311)" || { echo "Python 3.11 not found" >&2; exit 1; }
