@@ -22,9 +22,10 @@ from django.db import connection, transaction
 from django.test.utils import override_settings
 from standardwebhooks.webhooks import Webhook
 
-from hookpost.models import Delivery, Endpoint, Event
+from hookpost import inbox, signing, sources
+from hookpost.models import Delivery, Endpoint, Event, InboundWebhook
 from hookpost.runners.celery import beat_schedule, sweep
-from library.models import Author
+from library.models import Author, Tag
 from tests.celery_app import BROKER, QUEUE, app
 from tests.receiver import Receiver
 
@@ -341,3 +342,39 @@ def test_settings_can_import_the_runner_before_the_apps_are_loaded():
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     env["PYTHONPATH"] = str(ROOT / "src")
     assert run_python(code, env=env) == "10"
+
+
+# --- received webhooks ----------------------------------------------------------------------------
+
+
+def store_for_worker(msg_id: str, tag: str) -> inbox.Received:
+    """Receive a signed webhook for a source in "worker" mode, as the view does."""
+    secret = signing.generate_secret()
+    source = sources.build("partner", {"secrets": [secret], "mode": "worker"})
+    body = json.dumps({"type": "celery.test.tagged", "data": {"tag": tag}}).encode()
+    headers = signing.sign_headers(msg_id, int(time.time()), body, [secret])
+    message = signing.verify(headers, body, source.keys)
+    text, payload = inbox.decode(body)
+    return inbox.receive(
+        source, message, event_type="celery.test.tagged", body=text, payload=payload, headers=headers
+    )
+
+
+@pytest.mark.usefixtures("celery_runner")
+def test_a_webhook_stored_for_the_worker_is_handled_by_the_celery_worker(broker, celery_worker):
+    with transaction.atomic():
+        store_for_worker("msg_celery_1", "from celery")
+        store_for_worker("msg_celery_2", "from celery too")
+        assert queued(broker) == []  # nothing before commit
+    assert [name for name, _ in queued(broker)] == ["hookpost.deliver"]  # one task per commit
+    worker = celery_worker()
+    processed = InboundWebhook.objects.filter(status=InboundWebhook.Status.PROCESSED)
+    wait_until(lambda: processed.count() == 2, 30, worker.output)
+    assert sorted(Tag.objects.values_list("name", flat=True)) == ["from celery", "from celery too"]
+    worker.wait_for_log("] succeeded in")
+    assert "'handled': 2" in worker.output()
+
+
+def test_a_stored_webhook_sends_no_task_when_the_runner_is_the_worker_command(broker):
+    store_for_worker("msg_not_celery", "ignored by celery")
+    assert queued(broker) == []

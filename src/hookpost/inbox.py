@@ -138,9 +138,16 @@ def receive(
         if inline:
             error = _run_handlers(row, payload, using, retry=False, optimistic=True)
             return Received(Outcome.FAILED if error else Outcome.PROCESSED, row, error)
-        if source.mode == "on_commit":
-            transaction.on_commit(partial(process, row.pk, using=using), using=using, robust=True)
+        _queue(source, row, using)
         return Received(Outcome.QUEUED, row)
+
+
+def _queue(source: SourceConfig, row: InboundWebhook, using: str) -> None:
+    """Hand a stored webhook on: to this request after commit, or to the runner."""
+    if source.mode == "on_commit":
+        transaction.on_commit(partial(process, row.pk, using=using), using=using, robust=True)
+    else:
+        signals.webhooks_stored.send(sender=InboundWebhook, using=using)
 
 
 def _insert_once(row: InboundWebhook, using: str) -> bool:
@@ -198,8 +205,7 @@ def _again(source: SourceConfig, fresh: InboundWebhook, payload: Any, using: str
     row.status, row.attempts, row.next_attempt_at = _Status.PENDING, 0, timezone.now()
     row.lease_expires_at = fresh.lease_expires_at
     row.save(using=using, update_fields=("status", "attempts", "next_attempt_at", "lease_expires_at"))
-    if source.mode == "on_commit":
-        transaction.on_commit(partial(process, row.pk, using=using), using=using, robust=True)
+    _queue(source, row, using)
     return Received(Outcome.QUEUED, row)
 
 

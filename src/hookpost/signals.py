@@ -12,6 +12,11 @@ payload_invalid = Signal()
 #: committed). Sender: the ``Event`` model. kwargs: ``using`` (str). Runners wake up on it.
 events_recorded = Signal()
 
+#: Received webhooks were stored for the worker to handle (sources in "worker" mode) on
+#: connection ``using``, inside whatever transaction is open there. Sender: the
+#: ``InboundWebhook`` model. kwargs: ``using`` (str). Runners wake up on it.
+webhooks_stored = Signal()
+
 #: An attempt got a 2xx. kwargs: ``delivery_id``, ``endpoint_id``, ``event_id``, ``attempt``.
 delivery_succeeded = Signal()
 

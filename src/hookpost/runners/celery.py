@@ -1,10 +1,11 @@
-"""The Celery runner: each commit that wrote events sends a task that drains due deliveries.
+"""The Celery runner: a commit that wrote events or stored received webhooks sends a task to drain them.
 
 Install the ``celery`` extra and set ``HOOKPOST["RUNNER"] = "celery"``; the tasks use
 the project's current Celery app (the usual ``proj/celery.py`` one). The database
 stays the source of truth and Celery only carries wake-ups: ``hookpost.deliver``
 and ``hookpost.sweep`` both run ``Worker(...).run(burst=True)``, which fans out,
-claims, sends and records whatever is due, so a lost or unsent message only delays
+claims, sends and records whatever is due, and handles received webhooks stored
+for the worker (sources in ``worker`` mode), so a lost or unsent message only delays
 work until the next sweep. Schedule the sweep with celery beat,
 ``CELERY_BEAT_SCHEDULE = beat_schedule(30)`` (this module loads no models, so
 settings may import it); the sweep also sends retries once they are due, so its
@@ -53,6 +54,7 @@ def _drain(using: str) -> dict[str, int]:
         "sent": stats.sent,
         "delivered": stats.delivered,
         "failed": stats.failed,
+        "handled": stats.handled,
     }
 
 
@@ -115,7 +117,7 @@ def _sender(using: str) -> Callable[[], None]:
 
 
 def _on_events_recorded(sender: object, *, using: str, **kwargs: Any) -> None:
-    """After the transaction that wrote events commits, send ``hookpost.deliver`` (once per commit)."""
+    """After the transaction that wrote events or webhooks commits, send ``hookpost.deliver`` (once)."""
     # Read at send time, so override_settings works and the receiver costs nothing otherwise.
     if hookpost_settings.RUNNER != "celery":
         return
@@ -131,3 +133,5 @@ def _on_events_recorded(sender: object, *, using: str, **kwargs: Any) -> None:
 
 
 signals.events_recorded.connect(_on_events_recorded, dispatch_uid="hookpost.runners.celery")
+# A webhook received for the worker is work for the same drain.
+signals.webhooks_stored.connect(_on_events_recorded, dispatch_uid="hookpost.runners.celery.inbox")
