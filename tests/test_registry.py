@@ -22,7 +22,12 @@ from library.models import Author, Book, Review, Tag
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# Without it every check run would also warn (W003) that keys come from SECRET_KEY.
+A_FERNET_KEY = "ZmRzYWZkc2FmZHNhZmRzYWZkc2FmZHNhZmRzYWZkc2E="
+
+
 def check_ids(**hookpost_setting: object) -> list[str]:
+    hookpost_setting.setdefault("ENCRYPTION_KEYS", [A_FERNET_KEY])
     with override_settings(HOOKPOST=hookpost_setting):
         return [m.id for m in check_settings()]
 
@@ -351,7 +356,7 @@ GOOD_KEY = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     ],
 )
 def test_e018_receiver_sources_must_resolve(sources, fragment):
-    with override_settings(HOOKPOST={"RECEIVER_SOURCES": sources}):
+    with override_settings(HOOKPOST={"RECEIVER_SOURCES": sources, "ENCRYPTION_KEYS": [A_FERNET_KEY]}):
         messages = check_settings()
     assert [m.id for m in messages] == ["hookpost.E018"]
     assert fragment in messages[0].msg
@@ -365,6 +370,26 @@ def test_e018_good_sources_pass():
         "partner-2": {"secrets": GOOD_KEY, "tolerance": 0, "max_body_bytes": 10},
     }
     assert check_ids(RECEIVER_SOURCES=good) == []
+
+
+def test_e020_encryption_keys_must_be_a_list_of_fernet_keys():
+    assert check_ids(ENCRYPTION_KEYS=A_FERNET_KEY) == ["hookpost.E020"]
+    with override_settings(HOOKPOST={"ENCRYPTION_KEYS": [A_FERNET_KEY, "not-a-key-but-a-secret"]}):
+        [message] = check_settings()
+    assert message.id == "hookpost.E020" and "[1]" in message.msg
+    assert "not-a-key-but-a-secret" not in message.msg  # a key is never echoed
+
+
+def test_e021_rotation_grace_must_be_a_non_negative_number():
+    assert check_ids(SECRET_ROTATION_GRACE=-1) == ["hookpost.E021"]
+    assert check_ids(SECRET_ROTATION_GRACE="1d") == ["hookpost.E021"]
+    assert check_ids(SECRET_ROTATION_GRACE=0) == []
+
+
+def test_w003_keys_derived_from_secret_key_are_warned_about():
+    with override_settings(HOOKPOST={}):
+        assert [m.id for m in check_settings()] == ["hookpost.W003"]
+    assert check_ids(ENCRYPTION_KEYS=[A_FERNET_KEY]) == []
 
 
 def test_e019_unknown_receiver_mode():

@@ -7,11 +7,12 @@ import json
 import threading
 
 import pytest
+from django.conf import settings
 from django.test.utils import override_settings
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
-from hookpost import signals
+from hookpost import crypto, signals
 from hookpost.models import Attempt, Delivery, Endpoint, Event
 from hookpost.worker import Worker
 from library.models import Author, Book
@@ -462,9 +463,7 @@ def test_the_attempt_log_keeps_no_credentials_and_caps_the_response(receiver):
     receiver.script("/hooks", (500, {}, "x" * 100_000))
     make_endpoint(receiver, headers={"Authorization": "Bearer s3cret", "X-Api-Key": "k", "X-Team": "a"})
     Author.objects.create(name="a")
-    with override_settings(
-        HOOKPOST={"ALLOWED_NETWORKS": ["127.0.0.0/8"], "ALLOW_HTTP": True, "MAX_RESPONSE_BYTES": 1000}
-    ):
+    with override_settings(HOOKPOST={**settings.HOOKPOST, "MAX_RESPONSE_BYTES": 1000}):
         drain()
     [request] = receiver.received()
     assert request.headers["authorization"] == "Bearer s3cret"  # sent…
@@ -474,6 +473,20 @@ def test_the_attempt_log_keeps_no_credentials_and_caps_the_response(receiver):
     assert attempt.request_headers["X-Team"] == "a"
     assert "s3cret" not in json.dumps(attempt.request_headers)
     assert attempt.response_body == "x" * 1000 + " […truncated]"
+
+
+def test_a_secret_no_key_can_unseal_is_an_attempt_that_says_so_not_a_request(receiver):
+    make_endpoint(receiver)
+    Author.objects.create(name="a")
+    # The keys that sealed the endpoint's secret are gone (a lost ENCRYPTION_KEYS entry).
+    with override_settings(HOOKPOST={**settings.HOOKPOST, "ENCRYPTION_KEYS": [crypto.generate_key()]}):
+        drain()
+    assert receiver.received() == []
+    attempt = Attempt.objects.get()
+    assert attempt.status_code is None and attempt.verdict == Attempt.Verdict.RETRY
+    assert attempt.error.startswith("ConfigurationError: hookpost.E020: a stored secret cannot be decrypted")
+    assert attempt.request_headers == {}
+    assert Delivery.objects.get().lease_expires_at is None  # not held until the lease runs out
 
 
 def test_the_transport_is_chosen_by_setting():

@@ -92,7 +92,7 @@ class SourceAdmin(_SourceAdmin):
     def key_fingerprints(self, obj: Source) -> str:
         """Each key as scheme and fingerprint, so keys can be told apart without being shown."""
         found = []
-        for line in obj.secrets.splitlines():
+        for line in obj.keys().splitlines():
             if not line.strip():
                 continue
             try:

@@ -7,6 +7,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from cryptography.fernet import Fernet
 from django.apps import AppConfig, apps
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
@@ -37,6 +38,8 @@ HINTS = {
     "hookpost.E018": "RECEIVER_SOURCES maps source names (letters, digits, '-', '_') to dicts such as "
     "{'secrets': ['whsec_…'], 'event_types': ['library.*'], 'mode': 'inline'}.",
     "hookpost.E019": "Use 'inline' (default), 'on_commit' or 'worker'.",
+    "hookpost.E020": "Give a list of Fernet keys (hookpost.crypto.generate_key()), newest first.",
+    "hookpost.E021": "Give a whole number of seconds, 0 or more (0: a rotated-out secret stops at once).",
 }
 
 
@@ -73,6 +76,7 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
     messages.extend(_check_models(hookpost_settings.MODELS))
     messages.extend(_check_delivery())
     messages.extend(_check_receiver())
+    messages.extend(_check_encryption())
     return messages
 
 
@@ -136,6 +140,35 @@ def _check_delivery() -> list[CheckMessage]:
     runner = hookpost_settings.RUNNER
     if runner not in ("worker", "celery"):
         messages.append(_error("hookpost.E017", f"HOOKPOST['RUNNER'] is {runner!r}."))
+    return messages
+
+
+def _check_encryption() -> list[CheckMessage]:
+    """Validate the keys that seal secrets at rest; warn when they come from SECRET_KEY."""
+    messages: list[CheckMessage] = []
+    grace = hookpost_settings.SECRET_ROTATION_GRACE
+    if isinstance(grace, bool) or not isinstance(grace, int | float) or grace < 0:
+        messages.append(_error("hookpost.E021", f"HOOKPOST['SECRET_ROTATION_GRACE'] is {grace!r}."))
+    keys = hookpost_settings.ENCRYPTION_KEYS
+    if isinstance(keys, str) or not isinstance(keys, list | tuple):
+        return [*messages, _error("hookpost.E020", "HOOKPOST['ENCRYPTION_KEYS'] must be a list.")]
+    for index, key in enumerate(keys):
+        try:
+            Fernet(key)
+        except (TypeError, ValueError):
+            # Never echo the value: it is a key.
+            message = f"HOOKPOST['ENCRYPTION_KEYS'][{index}] is not a Fernet key."
+            messages.append(_error("hookpost.E020", message))
+    if not keys:
+        messages.append(
+            Warning(
+                "Secrets at rest are sealed with a key derived from SECRET_KEY: rotating "
+                "SECRET_KEY without keeping the old one in SECRET_KEY_FALLBACKS makes them unreadable.",
+                hint="Set HOOKPOST['ENCRYPTION_KEYS'] = [<hookpost.crypto.generate_key()>] from your "
+                "secret store, then run manage.py hookpost_reencrypt.",
+                id="hookpost.W003",
+            )
+        )
     return messages
 
 

@@ -48,6 +48,12 @@ DEFAULTS: dict[str, Any] = {
     "RUNNER": "worker",
     # Days of attempts, finished deliveries and their events that hookpost_prune keeps.
     "RETENTION_DAYS": 30,
+    # -- secrets at rest --
+    # Fernet keys (hookpost.crypto.generate_key()); the first seals, all unseal. Empty: a key
+    # derived from SECRET_KEY (a system check warns), with SECRET_KEY_FALLBACKS unsealing too.
+    "ENCRYPTION_KEYS": [],
+    # Seconds a rotated-out signing secret keeps signing beside the new one.
+    "SECRET_ROTATION_GRACE": 24 * 3600,
     # -- receiving --
     # Senders this project accepts webhooks from: {"name": {"secrets": [...], options}}. Options:
     # "event_types" (patterns; others are acknowledged and ignored), "mode", "tolerance",

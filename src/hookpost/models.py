@@ -15,7 +15,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from hookpost import events, signing
+from hookpost import crypto, events, signing
 from hookpost.conf import hookpost_settings
 from hookpost.retry import RetryPolicy
 
@@ -128,7 +128,8 @@ class Endpoint(models.Model):
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     status_reason = models.CharField(max_length=255, blank=True)
-    # Each entry: {"key": "whsec_…", "created_at": iso, "expires_at": iso | None}; newest first.
+    # Each entry: {"key": sealed "whsec_…", "fingerprint": "1a2b3c4d", "created_at": iso,
+    # "expires_at": iso | None}; newest first. Keys are sealed (hookpost.crypto) on save.
     secrets = models.JSONField(default=list, editable=False)
     headers = models.JSONField(default=dict, blank=True, validators=[validate_headers])
     # -- delivery options --
@@ -184,9 +185,13 @@ class Endpoint(models.Model):
         return self.url
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        """Save, giving a new endpoint its first signing secret."""
+        """Save, giving a new endpoint its first signing secret; secrets are sealed before they go."""
         if not self.secrets:
             self.add_secret()
+        for entry in self.secrets:
+            if not crypto.is_sealed(entry["key"]):
+                entry.setdefault("fingerprint", _secret_fingerprint(entry["key"]))
+                entry["key"] = crypto.seal(entry["key"])
         super().save(*args, **kwargs)
 
     def accepts(self, event_type: str) -> bool:
@@ -194,17 +199,31 @@ class Endpoint(models.Model):
         return any(events.type_matches(pattern, event_type) for pattern in self.event_types)
 
     def add_secret(self, now: dt.datetime | None = None) -> str:
-        """Generate a new primary signing secret, keep it on the instance and return it (unsaved)."""
+        """Generate a new primary signing secret, keep it (sealed) on the instance and return it (unsaved).
+
+        The returned plaintext is the only time anyone sees it: show it once, then it is
+        masked everywhere (see :meth:`secret_summaries`).
+        """
         now = now or timezone.now()
         secret = signing.generate_secret()
         self.secrets = [
-            {"key": secret, "created_at": now.isoformat(), "expires_at": None},
+            {
+                "key": crypto.seal(secret),
+                "fingerprint": _secret_fingerprint(secret),
+                "created_at": now.isoformat(),
+                "expires_at": None,
+            },
             *self.secrets,
         ]
         return secret
 
-    def rotate_secret(self, grace: dt.timedelta, now: dt.datetime | None = None) -> str:
-        """Make a new primary secret; older ones keep signing for ``grace``, then stop (unsaved)."""
+    def rotate_secret(self, grace: dt.timedelta | None = None, now: dt.datetime | None = None) -> str:
+        """Make a new primary secret; older ones keep signing for ``grace``, then stop (unsaved).
+
+        ``grace`` defaults to ``SECRET_ROTATION_GRACE`` (24 h); give 0 for a leaked secret.
+        """
+        if grace is None:
+            grace = dt.timedelta(seconds=hookpost_settings.SECRET_ROTATION_GRACE)
         now = now or timezone.now()
         expires = (now + grace).isoformat()
         for entry in self.secrets:
@@ -215,11 +234,32 @@ class Endpoint(models.Model):
     def signing_secrets(self, now: dt.datetime | None = None) -> list[str]:
         """The secrets that sign a request sent at ``now``: the primary first, then those in grace."""
         now = now or timezone.now()
+        return [crypto.unseal(entry["key"]) for entry in self.secrets if _in_force(entry, now)]
+
+    def secret_summaries(self, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+        """The secrets as anyone may see them: fingerprint, dates, whether primary or in force."""
+        now = now or timezone.now()
         return [
-            entry["key"]
-            for entry in self.secrets
-            if entry["expires_at"] is None or dt.datetime.fromisoformat(entry["expires_at"]) > now
+            {
+                "fingerprint": entry.get("fingerprint") or "",
+                "created_at": entry["created_at"],
+                "expires_at": entry["expires_at"],
+                "primary": index == 0,
+                "in_force": _in_force(entry, now),
+            }
+            for index, entry in enumerate(self.secrets)
         ]
+
+
+def _in_force(entry: dict[str, Any], now: dt.datetime) -> bool:
+    return entry["expires_at"] is None or dt.datetime.fromisoformat(entry["expires_at"]) > now
+
+
+def _secret_fingerprint(secret: str) -> str:
+    try:
+        return signing.parse_secret(secret).fingerprint
+    except ValueError:
+        return ""
 
 
 # --- the outbox -----------------------------------------------------------------------------
@@ -432,8 +472,11 @@ class Attempt(models.Model):
 
 
 def validate_verifying_keys(value: str) -> None:
-    """Model validator: one verification key per line, ``whsec_…`` (HMAC) or ``whpk_…`` (ed25519)."""
-    lines = [line.strip() for line in value.splitlines() if line.strip()]
+    """Model validator: one verification key per line, ``whsec_…`` (HMAC) or ``whpk_…`` (ed25519).
+
+    A sealed value is checked as what it opens to.
+    """
+    lines = [line.strip() for line in crypto.unseal(value).splitlines() if line.strip()]
     if not lines:
         raise ValidationError("Give at least one key: a whsec_ secret or a whpk_ ed25519 public key.")
     for number, line in enumerate(lines, start=1):
@@ -463,7 +506,7 @@ class Source(models.Model):
     secrets = models.TextField(
         validators=[validate_verifying_keys],
         help_text="One key per line: whsec_… secrets (several while a sender rotates) or whpk_… "
-        "ed25519 public keys.",
+        "ed25519 public keys. Sealed (encrypted) when saved.",
     )
     event_types = models.JSONField(
         default=list,
@@ -492,6 +535,15 @@ class Source(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Save, sealing the keys first."""
+        self.secrets = crypto.seal(self.secrets.strip())
+        super().save(*args, **kwargs)
+
+    def keys(self) -> str:
+        """The keys as text, one per line (unsealed: never show it, use it)."""
+        return crypto.unseal(self.secrets)
 
 
 class InboundWebhookQuerySet(models.QuerySet["InboundWebhook"]):

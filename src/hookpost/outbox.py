@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from hookpost import signals
 from hookpost.conf import hookpost_settings
-from hookpost.events import new_message_ids, type_matches
+from hookpost.events import Frame, new_message_ids, type_matches
 from hookpost.models import Attempt, Delivery, Endpoint, Event
 from hookpost.retry import Breaker, Decision, Verdict, should_disable
 
@@ -1017,6 +1017,71 @@ def disable_endpoint(
 
 
 # --- replay and pruning ---------------------------------------------------------------------------
+
+
+#: The type of the event :func:`send_test_event` sends.
+TEST_EVENT_TYPE = "hookpost.test"
+
+
+def send_test_event(
+    endpoint: Endpoint, *, using: str = "default", now: dt.datetime | None = None
+) -> Delivery:
+    """Queue a ``hookpost.test`` event to ``endpoint`` alone, whatever it subscribes to.
+
+    The worker sends it like any other delivery (signed, retried, logged), so the
+    attempt log shows what the endpoint answered. For a paused or disabled endpoint it
+    waits, like everything else, until the endpoint is active again.
+    """
+    now = now or timezone.now()
+    frame = Frame.build(TEST_EVENT_TYPE, now)
+    data = {"endpoint": endpoint.pk, "message": "A test event from django-hookpost."}
+    with transaction.atomic(using=using):
+        event = _event(new_message_ids(1)[0], EventDraft(TEST_EVENT_TYPE, frame.encode(data), now))
+        # Fanned out here, to this endpoint only: fan-out must not send it to subscribers of "*".
+        event.fanned_out_at = now
+        event.save(using=using, force_insert=True)
+        sequence = None
+        if endpoint.fifo:
+            rows: list[list[Any]] = [[event.id, endpoint.pk, None]]
+            _number_fifo_deliveries(using, rows, {endpoint.pk: 1})
+            sequence = rows[0][2]
+        delivery = Delivery.objects.using(using).create(
+            event=event, endpoint_id=endpoint.pk, sequence=sequence, next_attempt_at=now, created_at=now
+        )
+        signals.events_recorded.send(sender=Event, using=using)
+    return delivery
+
+
+def pause_endpoint(endpoint: Endpoint, *, using: str = "default") -> None:
+    """Stop sending to ``endpoint``: its deliveries wait (new events still queue for it)."""
+    endpoint.status = Endpoint.Status.PAUSED
+    endpoint.status_reason = "paused by an operator"
+    endpoint.save(using=using, update_fields=["status", "status_reason", "updated_at"])
+
+
+def resume_endpoint(endpoint: Endpoint, *, using: str = "default") -> None:
+    """Send to ``endpoint`` again: from paused, or re-enabled after hookpost disabled it.
+
+    Its health starts afresh (no failures counted, circuit closed), so a re-enabled
+    endpoint is not disabled again at its first failure. Deliveries cancelled when it
+    was disabled stay cancelled: replay them (``replay`` or the admin's action) if wanted.
+    """
+    endpoint.status = Endpoint.Status.ACTIVE
+    endpoint.status_reason = ""
+    endpoint.consecutive_failures = 0
+    endpoint.failing_since = None
+    endpoint.blocked_until = None
+    endpoint.save(
+        using=using,
+        update_fields=[
+            "status",
+            "status_reason",
+            "consecutive_failures",
+            "failing_since",
+            "blocked_until",
+            "updated_at",
+        ],
+    )
 
 
 def replay(

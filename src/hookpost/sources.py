@@ -105,7 +105,7 @@ def get_source(name: str) -> SourceConfig | None:
     return build(
         row.name,
         {
-            "secrets": row.secrets,
+            "secrets": row.keys(),
             "event_types": row.event_types,
             "mode": row.mode,
             "tolerance": row.tolerance,

@@ -36,6 +36,7 @@ from django.utils.module_loading import import_string
 from hookpost import inbox, outbox
 from hookpost.conf import hookpost_settings
 from hookpost.delivery import build_request, redact_headers
+from hookpost.exceptions import ConfigurationError
 from hookpost.models import Endpoint
 from hookpost.retry import Breaker, Outcome, RetryPolicy, Verdict
 from hookpost.transports import Response, Transport, TransportError
@@ -403,25 +404,33 @@ class Worker:
             if delay > 0:
                 await asyncio.sleep(delay)
         started_at = timezone.now()
-        request = build_request(delivery.event, endpoint, now=started_at, sequence=delivery.sequence)
         begun = time.perf_counter()
         response: Response | None = None
         error = ""
         kind: str | None = None
         try:
-            send = transport.send(request)
-            if endpoint.timeout:
-                response = await asyncio.wait_for(send, endpoint.timeout)
-            else:
-                response = await send
-        except TransportError as exc:
-            kind = _ERROR_KINDS.get(type(exc).__name__, "transport")
-            error = f"{type(exc).__name__}: {exc}"
-        except TimeoutError:
-            kind, error = "timeout", f"TransportTimeout: no answer within {endpoint.timeout} s"
-        except Exception as exc:  # a transport bug must not kill the worker or lose the lease
-            logger.exception("transport failed on delivery %s", delivery.id)
-            kind, error = "transport", f"{type(exc).__name__}: {exc}"
+            request = build_request(delivery.event, endpoint, now=started_at, sequence=delivery.sequence)
+        except (ConfigurationError, ValueError) as exc:
+            # Nothing can be signed (no secret in force, or none this worker's keys can
+            # unseal): an attempt that says so in the log, retried on schedule, rather
+            # than a lease held until it expires, again and again, in silence.
+            logger.error("cannot sign delivery %s: %s", delivery.id, exc)
+            request, kind, error = None, "signing", f"{type(exc).__name__}: {exc}"
+        if request is not None:
+            try:
+                send = transport.send(request)
+                if endpoint.timeout:
+                    response = await asyncio.wait_for(send, endpoint.timeout)
+                else:
+                    response = await send
+            except TransportError as exc:
+                kind = _ERROR_KINDS.get(type(exc).__name__, "transport")
+                error = f"{type(exc).__name__}: {exc}"
+            except TimeoutError:
+                kind, error = "timeout", f"TransportTimeout: no answer within {endpoint.timeout} s"
+            except Exception as exc:  # a transport bug must not kill the worker or lose the lease
+                logger.exception("transport failed on delivery %s", delivery.id)
+                kind, error = "transport", f"{type(exc).__name__}: {exc}"
         duration_ms = int((time.perf_counter() - begun) * 1000)
         outcome = Outcome(
             status_code=response.status_code if response else None,
@@ -463,7 +472,7 @@ class Worker:
                 number=number,
                 started_at=started_at,
                 duration_ms=duration_ms,
-                request_headers=redact_headers(request.headers),
+                request_headers=redact_headers(request.headers) if request is not None else {},
                 status_code=response.status_code if response else None,
                 response_body=_body_text(response) if response else "",
                 error=error or (decision.reason if response and response.status_code >= 300 else ""),
