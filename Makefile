@@ -27,11 +27,12 @@ $(VENV)/.installed: pyproject.toml
 $(VENV6)/.installed: pyproject.toml
 	$(PYTHON312) -m venv $(VENV6)
 	$(PY6) -m pip install --quiet --upgrade pip
-	$(PY6) -m pip install --quiet -e '.[test,celery]' 'Django>=6.0,<7'
+	$(PY6) -m pip install --quiet -e '.[test,api,celery]' 'Django>=6.0,<7'
 	touch $@
 
 services:
 	@scripts/ensure-services
+	@scripts/ensure-chromium
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
