@@ -166,6 +166,15 @@ def test_a_source_keeps_its_keys_sealed_and_resolves_with_them():
     assert [key.fingerprint for key in resolved.keys] == [signing.parse_verifying_key(secret).fingerprint]
 
 
+def test_a_source_whose_keys_no_key_can_unseal_answers_receiver_misconfigured(client):
+    with keys(KEY_A):
+        Source.objects.create(name="partner", secrets=signing.generate_secret())
+    with keys(KEY_B):
+        response = client.post("/webhooks/partner/", b"{}", content_type="application/json")
+    assert response.status_code == 500
+    assert response.json() == {"error": "receiver misconfigured"}
+
+
 # --- the migration that sealed what was plaintext ---------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from django.db import router
 
 from hookpost import events, signing
 from hookpost.conf import hookpost_settings
+from hookpost.exceptions import ConfigurationError
 from hookpost.models import Source
 
 MODES: Final = ("inline", "on_commit", "worker")
@@ -102,10 +103,14 @@ def get_source(name: str) -> SourceConfig | None:
     )
     if row is None:
         return None
+    try:
+        keys = row.keys()
+    except ConfigurationError as exc:
+        raise ValueError(str(exc)) from exc
     return build(
         row.name,
         {
-            "secrets": row.keys(),
+            "secrets": keys,
             "event_types": row.event_types,
             "mode": row.mode,
             "tolerance": row.tolerance,
