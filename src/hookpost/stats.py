@@ -55,6 +55,8 @@ def endpoint_stats(
     *, since: dt.datetime, endpoint_ids: Collection[int] | None = None, using: str = "default"
 ) -> dict[int, EndpointStats]:
     """Statistics of every endpoint that had any activity since ``since`` (or is in ``endpoint_ids``)."""
+    if endpoint_ids is not None and not endpoint_ids:
+        return {}
     deliveries = Delivery.objects.using(using)
     attempts = Attempt.objects.using(using).filter(started_at__gte=since)
     if endpoint_ids is not None:
@@ -101,7 +103,8 @@ def _latency(attempts: QuerySet[Attempt], using: str) -> dict[int, tuple[float |
     """p50/p95 of request durations per endpoint: in the database on PostgreSQL, else in Python."""
     timed = attempts.filter(duration_ms__isnull=False)
     if connections[using].vendor == "postgresql":
-        sql, params = timed.values("delivery__endpoint_id", "duration_ms").query.sql_with_params()
+        query = timed.values("delivery__endpoint_id", "duration_ms").query
+        sql, params = query.get_compiler(using=using).as_sql()
         with connections[using].cursor() as cursor:
             cursor.execute(
                 "SELECT endpoint_id, percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms), "

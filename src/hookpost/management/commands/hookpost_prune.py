@@ -10,7 +10,10 @@ from django.utils import timezone
 
 from hookpost import inbox, outbox
 from hookpost.conf import hookpost_settings
-from hookpost.management.commands._options import positive_int
+from hookpost.management.commands._options import argument_type, positive_int
+
+# A usage error, not a traceback, on the command line for a bad number.
+_count = argument_type(positive_int)
 
 
 class Command(BaseCommand):
@@ -23,7 +26,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         """Declare the options."""
-        parser.add_argument("--days", type=positive_int, default=None, help="Keep this many days.")
+        parser.add_argument("--days", type=_count, default=None, help="Keep this many days.")
         parser.add_argument("--dry-run", action="store_true", help="Count, delete nothing.")
         parser.add_argument("--database", default="default")
 

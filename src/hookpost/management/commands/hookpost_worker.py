@@ -9,8 +9,11 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import connections
 
-from hookpost.management.commands._options import positive_int
+from hookpost.management.commands._options import argument_type, positive_int
 from hookpost.worker import Worker, WorkerStats
+
+# A usage error, not a traceback, on the command line for a bad number.
+_count = argument_type(positive_int)
 
 
 class Command(BaseCommand):
@@ -21,11 +24,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         """Declare the options."""
         parser.add_argument("--burst", action="store_true", help="Exit once nothing is due.")
+        parser.add_argument("--concurrency", type=_count, default=50, help="Requests in flight at once (50).")
         parser.add_argument(
-            "--concurrency", type=positive_int, default=50, help="Requests in flight at once (50)."
-        )
-        parser.add_argument(
-            "--batch-size", type=positive_int, default=100, help="Deliveries claimed per query (100)."
+            "--batch-size", type=_count, default=100, help="Deliveries claimed per query (100)."
         )
         parser.add_argument("--worker-id", default=None, help="Name in lease columns and logs.")
         parser.add_argument("--database", default="default", help="Database alias (default).")
