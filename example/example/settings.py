@@ -84,7 +84,9 @@ MEDIA_ROOT = BASE_DIR / "media"
 HOOKPOST: dict[str, Any] = {
     # Seals endpoint secrets at rest. A real project reads it from its secret store; this
     # example key is public, like SECRET_KEY above.
-    "ENCRYPTION_KEYS": [os.environ.get("HOOKPOST_ENCRYPTION_KEY", "BXtiXusfr6G_hRoqG-Sy4ihrTUu3iyGt-OZUrMlL33U=")],
+    "ENCRYPTION_KEYS": [
+        os.environ.get("HOOKPOST_ENCRYPTION_KEY", "BXtiXusfr6G_hRoqG-Sy4ihrTUu3iyGt-OZUrMlL33U=")
+    ],
     # Tag is registered here, in settings; Author and Book in library/apps.py, in code.
     "MODELS": {
         "library.Tag": {"actions": ["created", "deleted"], "fields": ["name"]},

@@ -71,7 +71,9 @@ STATIC_URL = "static/"
 
 HOOKPOST: dict[str, Any] = {
     # Seals source keys kept in the admin. This example key is public, like SECRET_KEY.
-    "ENCRYPTION_KEYS": [os.environ.get("MIRROR_ENCRYPTION_KEY", "0dx8dIhD7occtsPMpRMw2SAP-iUoaKV1rNpClMlBUCA=")],
+    "ENCRYPTION_KEYS": [
+        os.environ.get("MIRROR_ENCRYPTION_KEY", "0dx8dIhD7occtsPMpRMw2SAP-iUoaKV1rNpClMlBUCA=")
+    ],
     "RECEIVER_SOURCES": {
         "library": {
             # The library endpoint's signing secret. The default only lets the project start
