@@ -12,7 +12,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 import hookpost
 from hookpost import events as events_module
-from hookpost import signing
+from hookpost import outbox, signing
 from hookpost.delivery import USER_AGENT, build_request
 from hookpost.models import Attempt, Delivery, Endpoint, Event
 from library.models import Author
@@ -306,3 +306,38 @@ def test_endpoint_urls_are_checked_when_saved_from_a_form(url, settings_, messag
 def test_endpoint_urls_that_are_allowed_pass(url, settings_):
     with override_settings(HOOKPOST=settings_):
         Endpoint(url=url, event_types=["*"]).full_clean()
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({"X Team": "a"}, "Not valid header names: 'X Team'"),
+        ({"X-Team:": "a"}, "Not valid header names"),
+        ({"X-Team": "a\r\nX-Injected: 1"}, "Header values must be one line: X-Team"),
+        ({"X-Team": "a\nb"}, "one line"),
+        ({"X-Team": "a\x00"}, "one line"),
+        ({"webhook-id": "forged"}, "set by hookpost"),
+    ],
+)
+def test_custom_headers_must_be_tokens_with_one_line_values(headers, message):
+    endpoint = Endpoint(url="https://hooks.example.com/in", event_types=["*"], headers=headers)
+    with pytest.raises(ValidationError, match=message):
+        endpoint.full_clean()
+
+
+def test_a_header_value_is_never_echoed_in_its_error():
+    endpoint = Endpoint(url="https://hooks.example.com/in", event_types=["*"], headers={"Auth": "tok\nen"})
+    with pytest.raises(ValidationError) as caught:
+        endpoint.full_clean()
+    assert "tok" not in str(caught.value)
+
+
+def test_deleting_an_endpoint_takes_its_replayed_deliveries_with_it():
+    endpoint = Endpoint.objects.create(url="https://hooks.example.com/in", event_types=["*"])
+    delivery = outbox.send_test_event(endpoint)
+    Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.DEAD)
+    delivery.refresh_from_db()
+    [replay] = outbox.replay([delivery])
+    assert replay.replay_of_id == delivery.pk
+    endpoint.delete()
+    assert not Delivery.objects.exists() and not Endpoint.objects.exists()

@@ -458,10 +458,18 @@ def test_from_config_names_the_bad_entry(bad):
     assert repr(bad) in str(info.value)
 
 
-@pytest.mark.parametrize("huge", [10**20, 10**400, 1e300, "9999999999999999d"])
+@pytest.mark.parametrize("huge", [10**20, 10**400, 1e300, "9999999999999999d", "366d", 365 * 86400 + 1])
 def test_from_config_refuses_an_entry_too_large_for_a_timedelta(huge):
     with pytest.raises(ValueError, match="too large"):
         RetryPolicy.from_config([0, huge])
+
+
+def test_the_longest_delay_a_schedule_may_hold_is_365_days_and_it_never_overflows():
+    policy = RetryPolicy.from_config([0, "365d"], jitter=0.2)
+    decision = policy.decide(Outcome(status_code=500), 1, dt.datetime.now(dt.UTC))
+    assert decision.retry_at is not None
+    with pytest.raises(ValueError, match="at most 365 days"):
+        RetryPolicy([dt.timedelta(0), dt.timedelta(days=366)])
 
 
 @pytest.mark.parametrize("value", [[], ()])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import re
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -31,12 +32,22 @@ def validate_type_patterns(value: object) -> None:
             raise ValidationError(str(exc)) from None
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
 def validate_headers(value: object) -> None:
-    """Model validator: custom headers as a dict of header names to string values."""
+    """Model validator: custom headers as a dict of header names (HTTP tokens) to one-line values."""
     if not isinstance(value, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise ValidationError("Give custom headers as a mapping of names to string values.")
+    bad_names = sorted(k for k in value if not _HEADER_NAME.fullmatch(k))
+    if bad_names:
+        raise ValidationError(f"Not valid header names: {', '.join(map(repr, bad_names))}.")
+    # A CR or LF would split one header into two (header injection); values are never echoed.
+    bad_values = sorted(k for k, v in value.items() if any(c in v for c in "\r\n\x00"))
+    if bad_values:
+        raise ValidationError(f"Header values must be one line: {', '.join(bad_values)}.")
     reserved = {k for k in value if k.lower().startswith(("webhook-", "svix-")) or k.lower() in _OWN_HEADERS}
     if reserved:
         raise ValidationError(f"These headers are set by hookpost: {', '.join(sorted(reserved))}.")
@@ -377,8 +388,10 @@ class Delivery(models.Model):
     event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
     endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="deliveries")
     # A replay is a new delivery of the same event (same webhook-id) to the same endpoint.
+    # CASCADE, not SET_NULL: a replay whose original went would become a second original
+    # of the same (event, endpoint), which the unique constraint below forbids.
     replay_of = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replays"
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="replays"
     )
     # FIFO endpoints: the delivery's place in the endpoint's order (webhook-sequence).
     sequence = models.BigIntegerField(null=True, blank=True)

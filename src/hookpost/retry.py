@@ -43,6 +43,8 @@ _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 # The longest delay a timedelta holds, in whole seconds; a server may send any number of digits.
 _MAX_SECONDS = dt.timedelta.max // dt.timedelta(seconds=1)
+# A schedule's longest delay: far past any sane retry, and far from overflowing a datetime.
+_MAX_DELAY = dt.timedelta(days=365)
 
 
 def _require_aware(value: dt.datetime, name: str) -> dt.datetime:
@@ -150,8 +152,8 @@ def _parse_delay(entry: object) -> dt.timedelta:
         )
     if seconds < 0:
         raise ValueError(f"retry schedule entry {entry!r} is negative")
-    if seconds > _MAX_SECONDS:
-        raise ValueError(f"retry schedule entry {entry!r} is too large")
+    if seconds > _MAX_DELAY.total_seconds():
+        raise ValueError(f"retry schedule entry {entry!r} is too large: at most 365 days")
     return dt.timedelta(seconds=seconds)
 
 
@@ -184,6 +186,8 @@ class RetryPolicy:
                 )
             if entry < _ZERO:
                 raise ValueError(f"retry schedule entry {index} is negative: {entry!r}")
+            if entry > _MAX_DELAY:
+                raise ValueError(f"retry schedule entry {index} is too large: at most 365 days")
         if not (isinstance(jitter, int | float) and 0 <= jitter < 1):
             raise ValueError(f"jitter is a fraction in [0, 1), got {jitter!r}")
         if max_retry_after < _ZERO:
