@@ -10,11 +10,12 @@ PY := $(VENV)/bin/python
 PY6 := $(VENV6)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help demo test lint services test-sqlite test-postgresql test-django6 bench format clean
+.PHONY: help demo test lint services test-sqlite test-postgresql test-django6 bench soak format clean
 
 help:
 	@echo "make demo    run the examples: changes become signed webhooks to a local receiver, then to a second Django project (SQLite)"
 	@echo "make test    lint + the whole suite on SQLite and PostgreSQL (Django 5.2, and 6.x if Python 3.12 exists)"
+	@echo "make soak    the reliability suite at full size (100,000 events, long outages), SQLite and PostgreSQL"
 	@echo "make bench   benchmarks: capture cost of a 10,000-row delete; delivery throughput and latency; receiver webhooks/s"
 
 $(VENV)/.installed: pyproject.toml
@@ -62,6 +63,11 @@ test: lint test-sqlite test-postgresql test-django6
 
 demo: $(VENV)/.installed
 	$(PY) example/demo.py && $(PY) example/demo_two_projects.py
+
+soak: $(VENV)/.installed services
+	rm -f docs/reliability-soak.jsonl
+	HOOKPOST_SOAK=1 HOOKPOST_RELIABILITY_REPORT=$(CURDIR)/docs/reliability-soak.jsonl HOOKPOST_DB=postgresql $(VENV)/bin/pytest tests/reliability $(PYTEST_ARGS)
+	HOOKPOST_SOAK=1 HOOKPOST_RELIABILITY_REPORT=$(CURDIR)/docs/reliability-soak.jsonl HOOKPOST_DB=sqlite $(VENV)/bin/pytest tests/reliability $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed services
 	$(PY) bench/capture.py

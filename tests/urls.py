@@ -1,7 +1,7 @@
 """Test URLs: the example project's, plus receivers mounted both ways hookpost supports."""
 
 from django.http import HttpRequest, HttpResponse
-from django.urls import path
+from django.urls import include, path
 
 from example.urls import urlpatterns as example_urlpatterns
 from hookpost import receiver
@@ -19,4 +19,5 @@ urlpatterns = [
     # A fixed-path receiver whose source does not exist: answers 404.
     path("fixed/nobody/", receiver.WebhookView.as_view(source="nobody")),
     path("private/", private),
+    path("api/", include("hookpost.api.urls")),
 ]
