@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
+import logging
 
 import pytest
 from django.conf import settings
+from django.core.management import call_command
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.test.utils import override_settings
+from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from hookpost import crypto, signing, sources
 from hookpost.delivery import build_request
 from hookpost.exceptions import ConfigurationError
-from hookpost.models import Endpoint, Event, Source
+from hookpost.models import Delivery, Endpoint, Event, Source
+from hookpost.worker import Worker
 from library.models import Author
+from tests.receiver import Receiver
 
 pytestmark = pytest.mark.django_db
 
@@ -209,3 +215,31 @@ def test_migration_0005_seals_plaintext_secrets_and_reversing_it_opens_them():
         executor = MigrationExecutor(connection)
         executor.loader.build_graph()
         executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+# --- no secret in any log line ----------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_no_log_line_of_a_whole_life_holds_a_secret(caplog, admin_client):
+    """Create, rotate, send (one failure, one success), manage by command: every log at DEBUG."""
+    caplog.set_level(logging.DEBUG)
+    with Receiver() as receiver:
+        receiver.script("/hooks", (503, {}, "busy"), 200)
+        endpoint = Endpoint(url=receiver.url("/hooks"), event_types=["library.*"])
+        first = endpoint.add_secret()
+        endpoint.save()
+        Author.objects.create(name="logged")
+        Worker(batch_size=10, poll_interval=0.01).run(burst=True)
+        second = endpoint.rotate_secret()
+        endpoint.save()
+        Delivery.objects.update(next_attempt_at=timezone.now())
+        Worker(batch_size=10, poll_interval=0.01).run(burst=True)
+        call_command("hookpost_endpoint", "list", stdout=io.StringIO())
+        admin_client.get(f"/admin/hookpost/endpoint/{endpoint.pk}/change/")
+    assert Delivery.objects.get().status == Delivery.Status.DELIVERED
+    assert caplog.records, "nothing was logged: the test would prove nothing"
+    logged = caplog.text + "".join(str(record.__dict__) for record in caplog.records)
+    for secret in (first, second):
+        assert secret not in logged and secret.removeprefix("whsec_") not in logged
+    assert crypto.PREFIX not in logged
