@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -20,6 +21,7 @@ from typing import Any, NamedTuple, TypeVar
 from django.db import connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import F, Q
+from django.dispatch import Signal
 from django.utils import timezone
 
 from hookpost import signals
@@ -27,6 +29,8 @@ from hookpost.conf import hookpost_settings
 from hookpost.events import Frame, new_message_ids, type_matches
 from hookpost.models import Attempt, Delivery, Endpoint, Event
 from hookpost.retry import Breaker, Decision, Verdict, should_disable
+
+logger = logging.getLogger("hookpost.outbox")
 
 
 class EventDraft(NamedTuple):
@@ -905,6 +909,21 @@ def _schedule_retries(using: str, retry: list[AttemptResult], now: dt.datetime) 
     Delivery.objects.using(using).bulk_update(rows, ["next_attempt_at"])
 
 
+def _send_robustly(signal: Signal, **kwargs: Any) -> None:
+    """Send an operational signal after commit; a receiver that raises is logged, never raised.
+
+    What was committed is done: a project's receiver failing must not make the worker
+    think otherwise (it would record the same attempts again) nor stop it.
+    """
+    for receiver, result in signal.send_robust(**kwargs):
+        if isinstance(result, Exception):
+            logger.error(
+                "a receiver of a hookpost signal raised: %r",
+                receiver,
+                exc_info=(type(result), result, result.__traceback__),
+            )
+
+
 def _delivery_notices(results: Sequence[AttemptResult]) -> list[Callable[[], object]]:
     notices: list[Callable[[], object]] = []
     for r in results:
@@ -917,11 +936,12 @@ def _delivery_notices(results: Sequence[AttemptResult]) -> list[Callable[[], obj
         }
         verdict = r.decision.verdict
         if verdict is Verdict.DELIVERED:
-            notices.append(partial(signals.delivery_succeeded.send, **common))
+            notices.append(partial(_send_robustly, signals.delivery_succeeded, **common))
             continue
         notices.append(
             partial(
-                signals.delivery_failed.send,
+                _send_robustly,
+                signals.delivery_failed,
                 **common,
                 status_code=r.status_code,
                 error=r.error,
@@ -929,7 +949,7 @@ def _delivery_notices(results: Sequence[AttemptResult]) -> list[Callable[[], obj
             )
         )
         if verdict is Verdict.GAVE_UP:
-            notices.append(partial(signals.delivery_exhausted.send, **common))
+            notices.append(partial(_send_robustly, signals.delivery_exhausted, **common))
     return notices
 
 
@@ -980,7 +1000,9 @@ def _update_health(
             else None
         )
         if was_open and endpoint.consecutive_failures == 0:
-            notices.append(partial(signals.endpoint_recovered.send, sender=Endpoint, endpoint_id=endpoint.id))
+            notices.append(
+                partial(_send_robustly, signals.endpoint_recovered, sender=Endpoint, endpoint_id=endpoint.id)
+            )
         endpoint.save(
             update_fields=[
                 "consecutive_failures",
@@ -1013,7 +1035,11 @@ def disable_endpoint(
         lease_expires_at=None,
         next_attempt_at=None,
     )
-    return [partial(signals.endpoint_disabled.send, sender=Endpoint, endpoint_id=endpoint.id, reason=reason)]
+    return [
+        partial(
+            _send_robustly, signals.endpoint_disabled, sender=Endpoint, endpoint_id=endpoint.id, reason=reason
+        )
+    ]
 
 
 # --- replay and pruning ---------------------------------------------------------------------------
