@@ -41,9 +41,11 @@ HOOKPOST = {
     # The circuit would pause the hostile endpoints; here they must keep being tried.
     "CIRCUIT_THRESHOLD": 10_000,
 }
-#: Peak resident memory the worker must stay under. A worker is ~100 MB; reading the 1 GB
-#: body instead of its first MAX_RESPONSE_BYTES would take it far past this.
-RSS_BOUND_KB = 300 * 1024
+#: Peak resident memory the worker must stay under: reading the 1 GiB body instead of its
+#: first MAX_RESPONSE_BYTES could not fit. A worker usually peaks at 70-90 MB here, but one CI
+#: run on a loaded machine (a soak running beside it) peaked at 361 MB, unexplained so far
+#: (docs/reliability.md); the bound keeps the property without failing on that outlier.
+RSS_BOUND_KB = 700 * 1024
 METADATA = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
 
 
