@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
-from django.db import DatabaseError, InterfaceError, OperationalError, connections
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, reset_queries
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -661,6 +661,10 @@ def _reconnecting(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
             with contextlib.suppress(Exception):
                 connection.close()
         raise
+    finally:
+        # With DEBUG on, Django keeps the last 9,000 queries of each connection, and the
+        # worker's statements are large: a long-running worker grew by hundreds of MB.
+        reset_queries()
 
 
 def _listen(using: str, done: threading.Event, wake: Callable[[], None]) -> None:
