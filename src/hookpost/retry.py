@@ -134,8 +134,15 @@ def parse_retry_after(value: str | None, now: dt.datetime) -> dt.timedelta | Non
         return None
 
 
-def _parse_delay(entry: object) -> dt.timedelta:
-    """One schedule entry from settings-like data, as a non-negative delay."""
+class DelayTooLarge(ValueError):
+    """A schedule entry longer than a schedule may hold (365 days)."""
+
+
+def parse_delay(entry: object) -> dt.timedelta:
+    """One schedule entry (seconds, or a string such as ``"5m"``) as a delay; ValueError if it is none.
+
+    Raises :class:`DelayTooLarge` (a ValueError) past 365 days.
+    """
     seconds: float | None = None
     if isinstance(entry, dt.timedelta):
         seconds = entry.total_seconds()
@@ -153,7 +160,7 @@ def _parse_delay(entry: object) -> dt.timedelta:
     if seconds < 0:
         raise ValueError(f"retry schedule entry {entry!r} is negative")
     if seconds > _MAX_DELAY.total_seconds():
-        raise ValueError(f"retry schedule entry {entry!r} is too large: at most 365 days")
+        raise DelayTooLarge(f"retry schedule entry {entry!r} is too large: at most 365 days")
     return dt.timedelta(seconds=seconds)
 
 
@@ -221,7 +228,7 @@ class RetryPolicy:
             raise ValueError(f"a retry schedule is a list of delays such as [0, '5s', '5m'], got {value!r}")
         if not value:
             raise ValueError("a retry schedule needs at least one entry: the delay of the first attempt")
-        schedule = tuple(_parse_delay(entry) for entry in value)
+        schedule = tuple(parse_delay(entry) for entry in value)
         return cls(schedule, jitter=jitter, max_retry_after=max_retry_after, random=random)
 
     @property

@@ -21,6 +21,7 @@ from hookpost.models import (
     validate_headers,
     validate_retry_schedule,
 )
+from hookpost.retry import DelayTooLarge, parse_delay
 
 #: The longest grace period a rotation accepts, in seconds (90 days).
 MAX_GRACE: Final = 90 * 24 * 3600
@@ -34,8 +35,6 @@ MAX_SCHEDULE: Final = 50
 # which would let a value start a header of its own).
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,100}")
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]{0,4096}")
-_DELAY = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*")
-_UNIT_SECONDS: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 # --- shared fields ----------------------------------------------------------------------------------
@@ -130,19 +129,16 @@ class DelayField(serializers.Field):  # type: ignore[type-arg]
 
     def to_internal_value(self, data: Any) -> int | float | str:
         """Accept a non-negative number, or a duration string, of at most 30 days."""
-        if isinstance(data, bool) or not isinstance(data, int | float | str):
+        if isinstance(data, bool) or not isinstance(data, int | float | str) or len(str(data)) > 40:
             self.fail("invalid")
-        if isinstance(data, str):
-            match = _DELAY.fullmatch(data)
-            if match is None or len(data) > 40:
-                self.fail("invalid")
-            assert match is not None  # self.fail raised otherwise
-            seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
-        else:
-            seconds = float(data) if abs(data) < 1e300 else float("inf")
-            if seconds != seconds or seconds < 0:
-                self.fail("invalid")
-        if seconds > MAX_DELAY:
+        try:
+            # The retry policy's own reading, so the API accepts exactly what the worker will.
+            delay = parse_delay(data.strip() if isinstance(data, str) else data)
+        except DelayTooLarge:
+            self.fail("too_large")
+        except ValueError:
+            self.fail("invalid")
+        if delay.total_seconds() > MAX_DELAY:
             self.fail("too_large")
         return data
 
