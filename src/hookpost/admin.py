@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from django import forms
@@ -727,32 +727,37 @@ class EndpointAdmin(ObjectToolsMixin, _EndpointAdmin):
     @admin.action(description="Pause: deliveries wait", permissions=("change",))
     def pause(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:
         """Pause the active endpoints among those selected."""
-        chosen = list(queryset)
-        done = [e for e in chosen if e.status == Endpoint.Status.ACTIVE]
-        for endpoint in done:
-            outbox.pause_endpoint(endpoint, using=queryset.db)
-        self._log(request, done, "Paused.")
-        self._report(request, len(done), len(chosen), "paused", "not active")
+        self._move(request, queryset, Endpoint.Status.ACTIVE, outbox.pause_endpoint, "paused", "active")
 
     @admin.action(description="Resume paused endpoints", permissions=("change",))
     def resume(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:
         """Resume the paused endpoints among those selected: their waiting deliveries go."""
+        self._move(request, queryset, Endpoint.Status.PAUSED, outbox.resume_endpoint, "resumed", "paused")
+
+    def _move(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Endpoint],
+        status: str,
+        change: Callable[..., None],
+        done_verb: str,
+        status_name: str,
+    ) -> list[Endpoint]:
+        """Apply ``change`` to the selected endpoints that are in ``status``; log and report it."""
         chosen = list(queryset)
-        done = [e for e in chosen if e.status == Endpoint.Status.PAUSED]
+        done = [e for e in chosen if e.status == status]
         for endpoint in done:
-            outbox.resume_endpoint(endpoint, using=queryset.db)
-        self._log(request, done, "Resumed.")
-        self._report(request, len(done), len(chosen), "resumed", "not paused")
+            change(endpoint, using=queryset.db)
+        self._log(request, done, f"{done_verb.capitalize()}.")
+        self._report(request, len(done), len(chosen), done_verb, f"not {status_name}")
+        return done
 
     @admin.action(description="Re-enable disabled endpoints", permissions=("change",))
     def reenable(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:
         """Re-enable the disabled endpoints among those selected, with their health reset."""
-        chosen = list(queryset)
-        done = [e for e in chosen if e.status == Endpoint.Status.DISABLED]
-        for endpoint in done:
-            outbox.resume_endpoint(endpoint, using=queryset.db)
-        self._log(request, done, "Re-enabled.")
-        self._report(request, len(done), len(chosen), "re-enabled", "not disabled")
+        done = self._move(
+            request, queryset, Endpoint.Status.DISABLED, outbox.resume_endpoint, "re-enabled", "disabled"
+        )
         cancelled = (
             Delivery.objects.using(queryset.db)
             .cancelled()
