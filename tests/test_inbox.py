@@ -687,7 +687,6 @@ def test_a_replayed_failed_worker_webhook_notifies_the_worker_and_a_put_off_retr
 @pytest.mark.parametrize("mode", ["inline", "on_commit", "worker"])
 def test_handlers_see_the_webhook_as_pending_in_every_mode(handler, mode, django_capture_on_commit_callbacks):
     seen = []
-    handler.release = None
     signals.webhook_received.connect(
         lambda sender, webhook, **kwargs: seen.append((webhook.status, webhook.processed_at)),
         weak=False,
