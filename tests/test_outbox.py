@@ -14,7 +14,7 @@ from django.test.utils import CaptureQueriesContext
 
 from hookpost import outbox
 from hookpost.models import Attempt, Delivery, Endpoint, Event
-from hookpost.retry import Decision, Verdict
+from hookpost.retry import Breaker, Decision, Verdict
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -144,6 +144,56 @@ def test_a_late_result_never_moves_a_finished_delivery_back(path):
     assert delivery.status == Delivery.Status.DELIVERED and delivery.attempt_count == 0
     # The request was made, so the log still shows it.
     assert Attempt.objects.filter(delivery=delivery).count() == 1
+
+
+def failures(claims: list[outbox.Claim], *, probe: bool, step: int = 1) -> list[outbox.AttemptResult]:
+    """A refused request per claim, started ``step`` seconds apart from NOW."""
+    [template] = results_for(claims[:1])
+    return [
+        dataclasses.replace(
+            template,
+            delivery_id=c.delivery.id,
+            started_at=NOW + dt.timedelta(seconds=i * step),
+            status_code=500,
+            decision=Decision(Verdict.RETRY, NOW + dt.timedelta(hours=1), "HTTP 500"),
+            probe=probe,
+        )
+        for i, c in enumerate(claims)
+    ]
+
+
+BREAKER = Breaker(threshold=3, cooldown=dt.timedelta(seconds=30), max_cooldown=dt.timedelta(minutes=10))
+
+
+def test_failures_in_flight_when_the_circuit_opens_do_not_lengthen_its_wait():
+    claims = leased_deliveries(6)
+    outbox.record_results(failures(claims, probe=False), breaker=BREAKER, now=NOW)
+    endpoint = Endpoint.objects.get()
+    # Three opened it; the other three were in flight already and only move the last failure.
+    assert endpoint.consecutive_failures == 3
+    assert endpoint.last_failure_at == NOW + dt.timedelta(seconds=5)
+    assert endpoint.blocked_until == endpoint.last_failure_at + dt.timedelta(seconds=30)
+
+
+def test_each_failed_probe_doubles_the_wait_up_to_the_cap():
+    claims = leased_deliveries(12)
+    outbox.record_results(failures(claims[:3], probe=False), breaker=BREAKER, now=NOW)
+    waits = []
+    for i, claim in enumerate(claims[3:]):
+        [result] = failures([claim], probe=True)
+        result = dataclasses.replace(result, started_at=NOW + dt.timedelta(hours=i + 1))
+        outbox.record_results([result], breaker=BREAKER, now=NOW)
+        endpoint = Endpoint.objects.get()
+        waits.append(int((endpoint.blocked_until - endpoint.last_failure_at).total_seconds()))
+    assert waits == [60, 120, 240, 480, 600, 600, 600, 600, 600]
+
+
+def test_a_late_failure_never_moves_the_last_failure_back():
+    claims = leased_deliveries(2)
+    late, early = failures(claims, probe=False, step=-10)
+    outbox.record_results([late], breaker=BREAKER, now=NOW)
+    outbox.record_results([early], breaker=BREAKER, now=NOW)
+    assert Endpoint.objects.get().last_failure_at == NOW
 
 
 def test_fan_out_marks_its_events_and_a_repeat_adds_nothing():

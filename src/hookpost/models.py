@@ -173,6 +173,8 @@ class Endpoint(models.Model):
         help_text='Delays before each attempt, e.g. [0, "5s", "5m", "1h"] (blank: the default).',
     )
     # -- health, kept by the outbox --
+    # Failures since the last success, up to the circuit's threshold; past it only
+    # failed probes count (a request in flight when the circuit opened does not).
     consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
     failing_since = models.DateTimeField(null=True, blank=True, editable=False)
     last_success_at = models.DateTimeField(null=True, blank=True, editable=False)

@@ -753,6 +753,8 @@ class AttemptResult:
     response_body: str
     error: str
     decision: Decision
+    # The request was its endpoint's one probe of an open circuit.
+    probe: bool = False
 
 
 def record_results(
@@ -989,9 +991,14 @@ def _update_health(
                 endpoint.failing_since = None
                 endpoint.last_success_at = r.started_at
             else:
-                endpoint.consecutive_failures += 1
+                # Once the circuit is open only a failed probe lengthens its wait: requests
+                # that were already in flight when it opened fail too, and counting them
+                # would push the first probe from 30 s out to the 10 min cap.
+                if r.probe or not breaker.is_open(endpoint.consecutive_failures):
+                    endpoint.consecutive_failures += 1
                 endpoint.failing_since = endpoint.failing_since or r.started_at
-                endpoint.last_failure_at = r.started_at
+                if endpoint.last_failure_at is None or r.started_at > endpoint.last_failure_at:
+                    endpoint.last_failure_at = r.started_at
                 if verdict is Verdict.ENDPOINT_GONE:
                     gone_reason = f"answered 410 Gone at {r.started_at.isoformat()}"
         endpoint.blocked_until = (

@@ -477,6 +477,7 @@ class Worker:
                 response_body=_body_text(response) if response else "",
                 error=error or (decision.reason if response and response.status_code >= 300 else ""),
                 decision=decision,
+                probe=claim.probe,
             )
         )
 

@@ -177,16 +177,6 @@ def test_the_circuit_opens_in_an_outage_sends_only_probes_then_closes_once_the_r
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: every failure of requests already in flight when the circuit opens counts as a "
-        "failed probe (outbox._update_health adds each one to consecutive_failures, and "
-        "Breaker.probe_at doubles the wait per failure past the threshold): with the default "
-        "10 in flight and threshold 5, an endpoint that goes down gets its first probe after "
-        "10 min, not 30 s"
-    ),
-)
 @pytest.mark.django_db(transaction=True)
 def test_requests_in_flight_when_the_circuit_opens_do_not_stretch_its_first_probe():
     threshold, cooldown, in_flight = 3, 30, 6
