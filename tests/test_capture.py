@@ -185,6 +185,51 @@ def test_when_changed_compares_with_the_last_save_not_the_first_load(book):
     assert types() == ["library.book.updated", "library.book.updated"]
 
 
+def test_when_changed_forgets_a_save_whose_savepoint_rolled_back(book):
+    book.title = "T2"
+    with pytest.raises(RuntimeError), transaction.atomic():
+        book.save()
+        raise RuntimeError
+    assert types() == []
+    book.save()  # the change never reached the database: it is still a change
+    assert types() == ["library.book.updated"]
+
+
+def test_when_changed_keeps_a_save_whose_savepoint_was_released(book):
+    book.title = "T2"
+    with transaction.atomic():
+        book.save()
+    book.save()  # the released savepoint's save stands: nothing changed since
+    assert types() == ["library.book.updated"]
+
+
+def test_an_instance_with_a_pending_save_pickles_and_its_copy_compares_with_what_was_loaded(book):
+    import pickle
+
+    book.title = "T2"
+    book.save()
+    copy = pickle.loads(pickle.dumps(book))
+    copy.save()  # the copy is not part of the transaction: it compares with the loaded title
+    book.save()
+    assert types() == ["library.book.updated", "library.book.updated"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_when_changed_adopts_a_saved_value_when_its_transaction_commits():
+    from hookpost.capture import LOADED_ATTR, PENDING_ATTR
+
+    book = Book.objects.create(title="T", author=Author.objects.create(name="A"), price="1.00")
+    book = Book.objects.get(pk=book.pk)
+    with transaction.atomic():
+        book.title = "T2"
+        book.save()
+        assert PENDING_ATTR in book.__dict__ and book.__dict__[LOADED_ATTR]["title"] == "T"
+    assert PENDING_ATTR not in book.__dict__ and book.__dict__[LOADED_ATTR]["title"] == "T2"
+    Event.objects.all().delete()
+    book.save()
+    assert types() == []
+
+
 def test_when_changed_with_update_fields_that_exclude_watched_fields_emits_nothing(book):
     book.title = "changed but not saved"
     book.isbn = "9"

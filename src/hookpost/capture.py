@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from django.db import DatabaseError, models, router
+from django.db import DatabaseError, connections, models, router, transaction
 from django.db.models.signals import post_delete, post_init, post_save, pre_delete
 from django.dispatch import Signal
 from django.utils import timezone
@@ -44,6 +44,8 @@ logger = logging.getLogger("hookpost.capture")
 
 #: Where ``when_changed`` keeps the values an instance was loaded (or last saved) with.
 LOADED_ATTR = "_hookpost_loaded"
+# Where a save's values wait for its transaction to commit (a ``_Pending``).
+PENDING_ATTR = "_hookpost_pending"
 
 PayloadBuilder = Callable[..., Any]
 UsingResolver = Callable[..., str]
@@ -101,11 +103,69 @@ def emit(event_type: str, data: Any, *, using: str | None = None) -> Event:
 # --- saves ------------------------------------------------------------------------------------
 
 
-def _remember_loaded(instance: models.Model, spec: ModelSpec) -> None:
+def _watched(instance: models.Model, spec: ModelSpec) -> dict[str, Any]:
     values = instance.__dict__
-    instance.__dict__[LOADED_ATTR] = {
-        attname: values[attname] for attname in spec.when_changed_attnames if attname in values
-    }
+    return {attname: values[attname] for attname in spec.when_changed_attnames if attname in values}
+
+
+def _remember_loaded(instance: models.Model, spec: ModelSpec) -> None:
+    instance.__dict__[LOADED_ATTR] = _watched(instance, spec)
+    instance.__dict__.pop(PENDING_ATTR, None)
+
+
+class _Pending:
+    """A save's watched values, the on-commit callback that adopts them, and its alias."""
+
+    __slots__ = ("adopt", "using", "values")
+
+    def __init__(self, values: dict[str, Any], adopt: Callable[[], None] | None, using: str) -> None:
+        self.values, self.adopt, self.using = values, adopt, using
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A pickled or copied instance is not part of the transaction: it keeps no pending values.
+        return (_Pending, ({}, None, self.using))
+
+
+def _remember_saved(instance: models.Model, spec: ModelSpec, using: str) -> None:
+    """Make the saved values the ``when_changed`` baseline once the save commits.
+
+    Until then they are a pending baseline that later saves in the same transaction
+    compare against; a rollback discards it, so a retried save still emits its update.
+    """
+    if not connections[using].in_atomic_block:
+        _remember_loaded(instance, spec)
+        return
+    values = _watched(instance, spec)
+    ref = weakref.ref(instance)
+
+    def adopt() -> None:
+        saved = ref()
+        pending = saved.__dict__.get(PENDING_ATTR) if saved is not None else None
+        # Only the latest save's callback adopts: an earlier one would bring back older values.
+        if saved is not None and pending is not None and pending.adopt is adopt:
+            saved.__dict__[LOADED_ATTR] = values
+            del saved.__dict__[PENDING_ATTR]
+
+    instance.__dict__[PENDING_ATTR] = _Pending(values, adopt, using)
+    transaction.on_commit(adopt, using=using)
+
+
+def _baseline(instance: models.Model) -> dict[str, Any] | None:
+    """The watched values the next save compares against: pending if its save still stands."""
+    pending: _Pending | None = instance.__dict__.get(PENDING_ATTR)
+    if pending is not None:
+        connection = connections[pending.using]
+        # A rollback (of the transaction, or of the savepoint the save was in) drops the
+        # save's on-commit callback; while the callback is queued, the save stands.
+        adopt = pending.adopt
+        if (
+            adopt is not None
+            and connection.in_atomic_block
+            and any(e[1] is adopt for e in connection.run_on_commit)
+        ):
+            return pending.values
+        del instance.__dict__[PENDING_ATTR]
+    return instance.__dict__.get(LOADED_ATTR)
 
 
 def _has_changed(instance: models.Model, spec: ModelSpec, update_fields: frozenset[str] | None) -> bool:
@@ -114,7 +174,7 @@ def _has_changed(instance: models.Model, spec: ModelSpec, update_fields: frozens
         for name, attname in zip(spec.when_changed, spec.when_changed_attnames, strict=True)
     ):
         return False
-    loaded: dict[str, Any] | None = instance.__dict__.get(LOADED_ATTR)
+    loaded = _baseline(instance)
     if loaded is None:
         # Built by hand rather than loaded: the previous state is unknown, so say it changed.
         return True
@@ -148,7 +208,7 @@ def _post_save_receiver(spec: ModelSpec) -> Callable[..., None]:
         if emits and not created and spec.when_changed:
             emits = _has_changed(instance, spec, update_fields)
         if spec.when_changed:
-            _remember_loaded(instance, spec)
+            _remember_saved(instance, spec, using)
         if not emits:
             return
         _load_deferred(instance, spec, using)
@@ -174,6 +234,7 @@ class _DeleteBatch:
     """The events of one ``Collector.delete()`` on one connection, between pre and post phases."""
 
     __slots__ = (
+        "block",
         "drafts",
         "flushed",
         "frames",
@@ -186,8 +247,11 @@ class _DeleteBatch:
         "seen",
     )
 
-    def __init__(self, origin_ref: weakref.ref[Any]) -> None:
+    def __init__(self, origin_ref: weakref.ref[Any], block: object) -> None:
         self.origin_ref = origin_ref
+        # The atomic block ``Collector.delete()`` opened: one per call, so a retried delete
+        # of the same origin never joins the batch a refused one left behind.
+        self.block = block
         # One delete happens at one moment: its events share a timestamp.
         self.occurred_at = timezone.now()
         # Envelope frames, encoded once per (model, cascaded or not).
@@ -212,11 +276,24 @@ class _BatchState(threading.local):
 _state = _BatchState()
 
 
+def _current_block(using: str) -> object:
+    """The innermost atomic block open on ``using`` (the Collector's, during its delete), or None."""
+    blocks = connections[using].atomic_blocks
+    return blocks[-1] if blocks else None
+
+
 def _batch_for_pre_delete(using: str, origin: object, identity: tuple[str, Any]) -> _DeleteBatch:
     batches = _state.batches
     key = (using, id(origin))
     batch = batches.get(key)
-    if batch is None or batch.flushed or identity in batch.seen or batch.origin_ref() is not origin:
+    block = _current_block(using)
+    if (
+        batch is None
+        or batch.flushed
+        or identity in batch.seen
+        or batch.origin_ref() is not origin
+        or batch.block is not block
+    ):
         # A new delete. A batch left behind here belonged to a delete that failed
         # before its post phase (its transaction is rolled back): drop it.
         def forget(ref: weakref.ref[Any], key: tuple[str, int] = key) -> None:
@@ -224,7 +301,7 @@ def _batch_for_pre_delete(using: str, origin: object, identity: tuple[str, Any])
             if stale is not None and stale.origin_ref is ref:
                 del batches[key]
 
-        batch = _DeleteBatch(weakref.ref(origin, forget))
+        batch = _DeleteBatch(weakref.ref(origin, forget), block)
         batches[key] = batch
     return batch
 
@@ -388,7 +465,7 @@ def _post_delete_receiver(spec: ModelSpec) -> Callable[..., None]:
         if _skipped_as_cascade(spec, instance, origin):
             return
         batch = _state.batches.get((using, id(origin))) if origin is not None else None
-        if batch is None or batch.origin_ref() is not origin:
+        if batch is None or batch.origin_ref() is not origin or batch.block is not _current_block(using):
             # No pre_delete was seen for this delete (or it was sent by hand): write it alone,
             # from what the instance still holds.
             draft = instance.__dict__.pop("_hookpost_delete_draft", None) or _draft_now(

@@ -480,15 +480,6 @@ def test_released_savepoints_leave_exactly_their_events_and_rolled_back_ones_non
 
 
 @pytest.mark.django_db
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: capture._batch_for_pre_delete (src/hookpost/capture.py:219) reuses the batch a "
-        "refused delete left behind when the same origin object deletes again and its first "
-        "pre_delete names a row the failed attempt had not captured: the stale drafts are written "
-        "with the retry, here a 'deleted' event for a book that still exists."
-    ),
-)
 def test_a_delete_retried_on_the_same_instance_writes_only_the_rows_it_removed():
     author, other = Author.objects.create(name="a"), Author.objects.create(name="b")
     moved = Book.objects.create(title="moved away", author=author, isbn="FAIL")
@@ -515,14 +506,6 @@ class Conflict(Exception):
 
 
 @pytest.mark.django_db
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: capture's post_save receiver (src/hookpost/capture.py:151) remembers the saved values "
-        "as the when_changed baseline even when the save's transaction then rolls back; the retried "
-        "save of the same instance commits the change and emits nothing."
-    ),
-)
 def test_a_save_retried_after_a_rollback_still_emits_its_update():
     author = Author.objects.create(name="a")
     Book.objects.create(title="old", author=author)
