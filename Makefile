@@ -16,7 +16,7 @@ help:
 	@echo "make demo    run the examples: changes become signed webhooks to a local receiver, then to a second Django project (SQLite)"
 	@echo "make test    lint + the whole suite on SQLite and PostgreSQL (Django 5.2, and 6.x if Python 3.12 exists)"
 	@echo "make soak    the reliability suite at full size (100,000 events, long outages), SQLite and PostgreSQL"
-	@echo "make bench   benchmarks: capture cost of a 10,000-row delete; delivery throughput and latency; receiver webhooks/s"
+	@echo "make bench   benchmarks: capture cost of a 10,000-row delete; delivery throughput and latency; receiver webhooks/s; claims behind a dead endpoint"
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON311)" || { echo "Python 3.11 not found" >&2; exit 1; }
@@ -76,6 +76,7 @@ bench: $(VENV)/.installed services
 	$(PY) bench/capture.py
 	$(PY) bench/delivery.py
 	$(PY) bench/receiver.py
+	$(PY) bench/claim.py
 
 format: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from hookpost import outbox
 from hookpost.models import Attempt, Delivery, Endpoint, Event
@@ -323,3 +324,88 @@ def test_a_held_endpoint_gets_no_claims_until_its_failure_is_recorded():
     endpoint = backlog(2, cap=3)
     assert outbox.claim(worker_id="w", limit=10, lease=LEASE, claim_ahead=True, hold=[endpoint.id]) == []
     assert len(outbox.claim(worker_id="w", limit=10, lease=LEASE, claim_ahead=True)) == 2
+
+
+# --- an open circuit parks its deliveries ---------------------------------------------------------
+
+
+def open_circuit(endpoint: Endpoint, claims: list[outbox.Claim], now: dt.datetime) -> Endpoint:
+    """Record a failure for each of ``claims`` (at least the threshold): the circuit opens."""
+    results = [dataclasses.replace(r, started_at=now) for r in failures(claims, probe=False, step=0)]
+    outbox.record_results(results, breaker=BREAKER, now=now)
+    endpoint.refresh_from_db()
+    assert endpoint.blocked_until == now + dt.timedelta(seconds=30)
+    return endpoint
+
+
+def due_times(endpoint: Endpoint) -> set[dt.datetime]:
+    return set(
+        Delivery.objects.filter(endpoint=endpoint, status="pending", attempt_count=0).values_list(
+            "next_attempt_at", flat=True
+        )
+    )
+
+
+def test_an_open_circuit_parks_its_due_deliveries_at_its_probe_time_and_no_one_elses():
+    down = backlog(0, cap=3)
+    up = Endpoint.objects.create(url="http://127.0.0.1:9/up", event_types=["*"], max_in_flight=100)
+    outbox.record_events("default", [outbox.EventDraft(f"a.b{i}", "{}", NOW) for i in range(20)])
+    outbox.fan_out(limit=1000)
+    now = timezone.now()
+    claims = [
+        c for c in outbox.claim(worker_id="w", limit=100, lease=LEASE) if c.delivery.endpoint_id == down.id
+    ]
+    down = open_circuit(down, claims, now)
+    # The other 17 cannot go before the probe: they wait off the head of the claim's index.
+    assert due_times(down) == {down.blocked_until}
+    assert Delivery.objects.filter(endpoint=down, status="pending", attempt_count=0).count() == 17
+    assert all(t <= now for t in due_times(up))
+    # Events that come while it is open are born parked too.
+    outbox.record_events("default", [outbox.EventDraft("a.late", "{}", NOW)])
+    outbox.fan_out(limit=1000)
+    assert due_times(down) == {down.blocked_until}
+    assert (
+        Delivery.objects.filter(endpoint=down, event__type="a.late").get().next_attempt_at
+        == down.blocked_until
+    )
+
+
+def test_a_failed_probe_parks_them_again_further_out():
+    down = backlog(10, cap=3)
+    now = timezone.now()
+    down = open_circuit(down, outbox.claim(worker_id="w", limit=3, lease=LEASE), now)
+    later = down.blocked_until
+    waiting = Delivery.objects.filter(endpoint=down, status="pending", attempt_count=0).first()
+    [probe] = failures([outbox.Claim(delivery=waiting)], probe=True)
+    probe = dataclasses.replace(probe, started_at=later)
+    outbox.record_results([probe], breaker=BREAKER, now=later)
+    down.refresh_from_db()
+    assert down.blocked_until == later + dt.timedelta(seconds=60)
+    assert due_times(down) == {down.blocked_until}
+
+
+def test_closing_the_circuit_makes_what_was_parked_at_its_probe_lease_due():
+    down = backlog(10, cap=3)
+    down = open_circuit(down, outbox.claim(worker_id="w", limit=3, lease=LEASE), timezone.now())
+    # The probe is taken at its time, and the circuit holds until the probe's lease runs
+    # out: events fanned out meanwhile are parked until then.
+    at = down.blocked_until
+    Endpoint.objects.filter(id=down.id).update(blocked_until=at + LEASE)
+    outbox.record_events("default", [outbox.EventDraft("a.during", "{}", NOW)])
+    outbox.fan_out(limit=1000, now=at)
+    during = Delivery.objects.get(endpoint=down, event__type="a.during")
+    assert during.next_attempt_at == at + LEASE
+    [ok] = [r for r in results_for([outbox.Claim(delivery=during)]) if r.status_code == 200]
+    outbox.record_results([dataclasses.replace(ok, probe=True, started_at=at)], breaker=BREAKER, now=at)
+    down.refresh_from_db()
+    assert (down.consecutive_failures, down.blocked_until) == (0, None)
+    assert all(t <= at for t in due_times(down))
+
+
+def test_resuming_by_hand_makes_parked_deliveries_due():
+    down = backlog(10, cap=3)
+    now = timezone.now()
+    down = open_circuit(down, outbox.claim(worker_id="w", limit=3, lease=LEASE), now)
+    outbox.resume_endpoint(down)
+    assert all(t <= timezone.now() for t in due_times(down))
+    assert len(outbox.claim(worker_id="w", limit=10, lease=LEASE)) == 3

@@ -215,38 +215,44 @@ def fan_out(*, using: str = "default", limit: int = 500, now: dt.datetime | None
         endpoints = list(
             Endpoint.objects.using(using)
             .exclude(status=Endpoint.Status.DISABLED)
-            .values_list("id", "event_types", "fifo")
+            .values_list("id", "event_types", "fifo", "blocked_until")
         )
-        # (event id, endpoint id, sequence) per delivery, in event order.
+        # (event id, endpoint id, sequence, due) per delivery, in event order.
         rows: list[list[Any]] = []
         fifo_counts: dict[int, int] = {}
         for event_id, event_type in batch:
-            for endpoint_id, patterns, fifo in endpoints:
+            for endpoint_id, patterns, fifo, blocked_until in endpoints:
                 if any(type_matches(pattern, event_type) for pattern in patterns):
-                    rows.append([event_id, endpoint_id, None])
+                    # An open circuit's new deliveries are born parked at its probe time (see _park).
+                    due = blocked_until if blocked_until is not None and blocked_until > now else now
+                    rows.append([event_id, endpoint_id, None, due])
                     if fifo:
                         fifo_counts[endpoint_id] = fifo_counts.get(endpoint_id, 0) + 1
         if fifo_counts:
             _number_fifo_deliveries(using, rows, fifo_counts)
-        stamp = connection.ops.adapt_datetimefield_value(now)
+        adapt = connection.ops.adapt_datetimefield_value
+        stamp = adapt(now)
         ids = [event_id for event_id, _ in batch]
         with connection.cursor() as cursor:
             if sql.insert_and_mark:
                 # PostgreSQL: the deliveries and the mark in one statement, one round trip.
-                columns = list(zip(*rows, strict=True)) if rows else [(), (), ()]
-                cursor.execute(sql.insert_and_mark, [stamp, stamp, *map(list, columns), stamp, ids])
+                columns = list(zip(*rows, strict=True)) if rows else [(), (), (), ()]
+                cursor.execute(sql.insert_and_mark, [stamp, *map(list, columns), stamp, ids])
                 return len(batch)
             if rows:
                 if sql.insert:
                     cursor.executemany(
                         sql.insert,
-                        [(e, ep, seq, Delivery.Status.PENDING, 0, stamp, "", stamp) for e, ep, seq in rows],
+                        [
+                            (e, ep, seq, Delivery.Status.PENDING, 0, adapt(due), "", stamp)
+                            for e, ep, seq, due in rows
+                        ],
                     )
                 else:
                     Delivery.objects.using(using).bulk_create(
                         [
-                            Delivery(event_id=e, endpoint_id=ep, sequence=seq, next_attempt_at=now)
-                            for e, ep, seq in rows
+                            Delivery(event_id=e, endpoint_id=ep, sequence=seq, next_attempt_at=due)
+                            for e, ep, seq, due in rows
                         ],
                         ignore_conflicts=True,
                     )
@@ -288,12 +294,13 @@ class _FanOutSQL:
             "postgresql": f"{values} ON CONFLICT DO NOTHING",
             "sqlite": values.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1),
         }.get(connection.vendor, "")
-        # PostgreSQL: rows as three arrays, inserted by a data-modifying CTE whose
+        # PostgreSQL: rows as four arrays, inserted by a data-modifying CTE whose
         # statement also marks the events; its text never changes with the batch size.
         self.insert_and_mark = (
             f"WITH new AS (INSERT INTO {d} ({columns}) "
-            f"SELECT r.event_id, r.endpoint_id, r.sequence, '{Delivery.Status.PENDING}', 0, %s, '', %s "
-            "FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS r(event_id, endpoint_id, sequence) "
+            f"SELECT r.event_id, r.endpoint_id, r.sequence, '{Delivery.Status.PENDING}', 0, r.due, '', %s "
+            "FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::timestamptz[]) "
+            "AS r(event_id, endpoint_id, sequence, due) "
             "ON CONFLICT DO NOTHING) "
             f"UPDATE {e} SET fanned_out_at = %s WHERE id = ANY(%s)"
             if connection.vendor == "postgresql"
@@ -983,6 +990,7 @@ def _update_health(
     endpoints = Endpoint.objects.using(using).select_for_update().filter(id__in=list(by_endpoint))
     for endpoint in endpoints:
         was_open = breaker.is_open(endpoint.consecutive_failures)
+        was_blocked_until = endpoint.blocked_until
         gone_reason = ""
         for r in by_endpoint[endpoint.id]:
             verdict = r.decision.verdict
@@ -1019,12 +1027,41 @@ def _update_health(
                 "blocked_until",
             ]
         )
+        if endpoint.blocked_until is not None:
+            _park(using, endpoint.id, endpoint.blocked_until)
+        elif was_blocked_until is not None:
+            # Closed: deliveries fanned out while the probe was in flight were parked at
+            # the time its lease runs out; they may go now.
+            _unpark(using, endpoint.id, was_blocked_until, now)
         reason = gone_reason
         if not reason and should_disable(endpoint.failing_since, now, disable_after):
             reason = f"failing with no success since {endpoint.failing_since.isoformat()}"  # type: ignore[union-attr]
         if reason and endpoint.status != Endpoint.Status.DISABLED:
             notices.extend(disable_endpoint(endpoint, reason, using=using, now=now))
     return notices
+
+
+def _park(using: str, endpoint_id: int, until: dt.datetime) -> int:
+    """Move an open circuit's due deliveries to its probe time; returns how many moved.
+
+    They could not go before it anyway, and left due they would stay at the head of the
+    index every claim walks: 50,000 held deliveries doubled the time of each claim for
+    the healthy endpoints behind them.
+    """
+    return (
+        Delivery.objects.using(using)
+        .filter(endpoint_id=endpoint_id, status=Delivery.Status.PENDING, next_attempt_at__lt=until)
+        .update(next_attempt_at=until)
+    )
+
+
+def _unpark(using: str, endpoint_id: int, until: dt.datetime, now: dt.datetime) -> int:
+    """Make deliveries parked until ``until`` due now: the circuit closed before that time."""
+    return (
+        Delivery.objects.using(using)
+        .filter(endpoint_id=endpoint_id, status=Delivery.Status.PENDING, next_attempt_at=until)
+        .update(next_attempt_at=min(now, until))
+    )
 
 
 def disable_endpoint(
@@ -1099,22 +1136,26 @@ def resume_endpoint(endpoint: Endpoint, *, using: str = "default") -> None:
     endpoint is not disabled again at its first failure. Deliveries cancelled when it
     was disabled stay cancelled: replay them (``replay`` or the admin's action) if wanted.
     """
+    parked_until = endpoint.blocked_until
     endpoint.status = Endpoint.Status.ACTIVE
     endpoint.status_reason = ""
     endpoint.consecutive_failures = 0
     endpoint.failing_since = None
     endpoint.blocked_until = None
-    endpoint.save(
-        using=using,
-        update_fields=[
-            "status",
-            "status_reason",
-            "consecutive_failures",
-            "failing_since",
-            "blocked_until",
-            "updated_at",
-        ],
-    )
+    with transaction.atomic(using=using):
+        endpoint.save(
+            using=using,
+            update_fields=[
+                "status",
+                "status_reason",
+                "consecutive_failures",
+                "failing_since",
+                "blocked_until",
+                "updated_at",
+            ],
+        )
+        if parked_until is not None:
+            _unpark(using, endpoint.id, parked_until, timezone.now())
 
 
 def replay(
