@@ -29,6 +29,7 @@ from django.db import connection, transaction
 
 from hookpost.conf import hookpost_settings
 from hookpost.models import Attempt, Delivery, Endpoint, Event
+from hookpost.retry import Breaker
 from library.models import Author
 from tests.receiver import Receiver
 from tests.reliability.conftest import SOAK, report, size
@@ -176,16 +177,23 @@ def test_a_load_through_real_workers_reaches_every_healthy_endpoint_and_accounts
     assert attempts.count() == failing_requests
     assert set(attempts.values_list("status_code", "verdict")) == {(500, "gave_up")}
     broken.refresh_from_db()
-    assert broken.consecutive_failures == failing_requests
     assert broken.blocked_until is not None  # the circuit is open
     circuit_wait = (broken.blocked_until - broken.last_failure_at).total_seconds()
     # Bounded: the streak that opens the circuit, what was already claimed for the endpoint
     # (up to its in-flight cap, claimed ahead once more, per worker), and one probe per
     # cooldown at most while the run lasted.
-    cap = hookpost_settings.MAX_IN_FLIGHT
+    cap, threshold = hookpost_settings.MAX_IN_FLIGHT, hookpost_settings.CIRCUIT_THRESHOLD
     probes = int(elapsed // hookpost_settings.CIRCUIT_COOLDOWN) + 1
-    bound = hookpost_settings.CIRCUIT_THRESHOLD + workers * 2 * cap + probes
-    assert failing_requests <= bound
+    assert failing_requests <= threshold + workers * 2 * cap + probes
+    # The streak counts what opened the circuit and the failed probes, not the requests that
+    # were in flight when it opened: those do not stretch the wait for the first probe.
+    failed_probes = broken.consecutive_failures - threshold
+    assert 0 <= failed_probes <= probes
+    assert circuit_wait == min(
+        hookpost_settings.CIRCUIT_COOLDOWN * 2**failed_probes, Breaker().max_cooldown.total_seconds()
+    )
+    # Its pending deliveries are parked at the probe time, off the head of the claim's queue.
+    assert set(pending.values_list("next_attempt_at", flat=True)) <= {broken.blocked_until}
 
     # Nothing is left leased once the workers are gone, and every event was fanned out.
     assert not Delivery.objects.exclude(lease_owner="").exists()
