@@ -1219,3 +1219,11 @@ def test_no_admin_page_shows_a_secret_after_it_was_made(admin_client):
         html = page(admin_client, address)
         leaked = [s for s in forbidden if s in html]
         assert leaked == [] and shown_secrets(html) == [], name
+
+
+def test_a_password_in_an_endpoint_url_is_masked_in_lists_and_str(admin_client):
+    endpoint = Endpoint.objects.create(url="https://hook:pa55-hunter2@e.example.com/in", event_types=["*"])
+    assert str(endpoint) == endpoint.display_url == "https://hook:***@e.example.com/in"
+    assert Endpoint(url="https://e.example.com/in").display_url == "https://e.example.com/in"
+    page = admin_client.get(reverse("admin:hookpost_endpoint_changelist")).content.decode()
+    assert "hook:***@e.example.com" in page and "hunter2" not in page

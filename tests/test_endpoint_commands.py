@@ -589,3 +589,12 @@ def test_reencrypt_without_the_old_key_fails_with_a_hint_and_changes_nothing(sea
     assert stored() == before
     with keys(key_a):
         assert {e.pk: e.signing_secrets() for e in Endpoint.objects.all()} == plain
+
+
+def test_a_password_in_an_endpoint_url_is_masked_in_list_and_add():
+    added = run("add", "https://hook:pa55-hunter2@e.example.com/in?x=1", "--event", "*")
+    endpoint = Endpoint.objects.get()
+    assert endpoint.url == "https://hook:pa55-hunter2@e.example.com/in?x=1"  # sent as configured
+    for output in (added, run("list"), json.dumps(run_json("list"))):
+        assert "hunter2" not in output
+    assert "https://hook:***@e.example.com/in?x=1" in run("list")

@@ -384,7 +384,7 @@ class EndpointAdmin(ObjectToolsMixin, _EndpointAdmin):
 
     form = EndpointForm
     list_display = (
-        "url",
+        "endpoint_url",
         "status_badge",
         "types",
         "success_rate",
@@ -393,7 +393,7 @@ class EndpointAdmin(ObjectToolsMixin, _EndpointAdmin):
         "consecutive_failures",
         "owner",
     )
-    list_display_links = ("url",)
+    list_display_links = ("endpoint_url",)
     list_filter = ("status", "fifo")
     list_select_related = ("owner",)
     search_fields = ("url", "description")
@@ -547,6 +547,11 @@ class EndpointAdmin(ObjectToolsMixin, _EndpointAdmin):
         return deleted, counts, {p for p in perms_needed if str(p) not in owned}, protected
 
     # -- columns and fields --
+
+    @admin.display(description="URL", ordering="url")
+    def endpoint_url(self, obj: Endpoint) -> str:
+        """The URL, any password in it masked."""
+        return obj.display_url
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Endpoint) -> SafeString:
@@ -1143,7 +1148,7 @@ class DeliveryAdmin(ObjectPkSearchMixin, ReadOnlyMixin, ObjectToolsMixin, _Deliv
     @admin.display(description="endpoint", ordering="endpoint__url")
     def endpoint_link(self, obj: Delivery) -> SafeString:
         """The endpoint, linked."""
-        return _admin_link(obj.endpoint, obj.endpoint.url)
+        return _admin_link(obj.endpoint, obj.endpoint.display_url)
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Delivery) -> SafeString:
@@ -1247,7 +1252,7 @@ class AttemptAdmin(ObjectPkSearchMixin, ReadOnlyMixin, _AttemptAdmin):
     @admin.display(description="endpoint", ordering="delivery__endpoint__url")
     def endpoint(self, obj: Attempt) -> str:
         """The endpoint's URL."""
-        return obj.delivery.endpoint.url
+        return obj.delivery.endpoint.display_url
 
     @admin.display(description="event type", ordering="delivery__event__type")
     def event_type(self, obj: Attempt) -> str:

@@ -195,7 +195,7 @@ class Endpoint(models.Model):
         indexes = (models.Index(fields=("status",), name="hookpost_endpoint_status"),)
 
     def __str__(self) -> str:
-        return self.url
+        return self.display_url
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         """Save, giving a new endpoint its first signing secret; secrets are sealed before they go."""
@@ -206,6 +206,16 @@ class Endpoint(models.Model):
                 entry.setdefault("fingerprint", _secret_fingerprint(entry["key"]))
                 entry["key"] = crypto.seal(entry["key"])
         super().save(*args, **kwargs)
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password in it masked, for lists, logs and messages."""
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
     def accepts(self, event_type: str) -> bool:
         """Tell whether this endpoint subscribes to ``event_type``."""

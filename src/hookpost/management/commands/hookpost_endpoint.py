@@ -167,7 +167,7 @@ class Command(BaseCommand):
         endpoint.save(using=using)
         data = {**_summary(endpoint), "secret": secret}
         lines = [
-            f"Added endpoint {endpoint.pk}: {endpoint.url}",
+            f"Added endpoint {endpoint.pk}: {endpoint.display_url}",
             f"  events: {_events(endpoint)}",
             "",
             "Signing secret (shown this once; store it now, only its fingerprint is kept in view):",
@@ -373,7 +373,7 @@ def _summary(endpoint: Endpoint) -> dict[str, Any]:
     """What anyone may see of an endpoint: secrets as fingerprints, custom headers by name only."""
     return {
         "id": endpoint.pk,
-        "url": endpoint.url,
+        "url": endpoint.display_url,
         "description": endpoint.description,
         "owner": endpoint.owner.get_username() if endpoint.owner else None,
         "status": endpoint.status,
