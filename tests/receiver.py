@@ -15,6 +15,15 @@ from typing import Any
 Answer = Any
 
 
+class _Server(ThreadingHTTPServer):
+    """A threading HTTP server whose listen backlog takes a worker's burst of connections."""
+
+    # The default backlog of 5 can refuse some of the 50 connections a worker opens at once,
+    # which the worker would log as transport errors the test did not script.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 @dataclass
 class Received:
     """One request as the receiver saw it."""
@@ -61,8 +70,7 @@ class Receiver:
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
