@@ -165,6 +165,19 @@ def test_a_new_source_needs_a_key(admin_client):
     assert not Source.objects.exists()
 
 
+def test_a_source_named_like_one_in_settings_is_refused_and_an_older_one_is_marked(admin_client, settings):
+    secret = signing.generate_secret()
+    Source.objects.create(name="partner", secrets=secret)
+    settings.HOOKPOST = {**settings.HOOKPOST, "RECEIVER_SOURCES": {"partner": {"secrets": [secret]}}}
+    # Declared in settings after the admin row was made: the list says which one answers.
+    changelist = admin_client.get(reverse("admin:hookpost_source_changelist")).content.decode()
+    assert "RECEIVER_SOURCES&#x27;] wins" in changelist
+    response = admin_client.post(add_url(), source_form(name="partner", secrets=secret))
+    assert response.status_code == 200
+    assert "declares a source named &#x27;partner&#x27;" in response.content.decode()
+    assert admin_client.post(add_url(), source_form(name="other", secrets=secret)).status_code == 302
+
+
 def test_a_source_with_the_event_types_field_blank_accepts_every_type(admin_client):
     secret = signing.generate_secret()
     response = admin_client.post(add_url(), source_form(secrets=secret, event_types=""))

@@ -1334,7 +1334,7 @@ class SourceAdmin(_SourceAdmin):
     """Sources: keys shown only as fingerprints."""
 
     form = SourceForm
-    list_display = ("name", "description", "mode", "types", "key_fingerprints", "is_active")
+    list_display = ("name", "description", "mode", "types", "key_fingerprints", "is_active", "in_use")
     list_filter = ("is_active", "mode")
     search_fields = ("name", "description")
     readonly_fields = ("key_fingerprints", "created_at", "updated_at")
@@ -1356,6 +1356,13 @@ class SourceAdmin(_SourceAdmin):
     def types(self, obj: Source) -> str:
         """The accepted event type patterns, or "all"."""
         return ", ".join(obj.event_types) or "all"
+
+    @admin.display(description="in use")
+    def in_use(self, obj: Source) -> str:
+        """Whether requests reach this source, or why not."""
+        if obj.is_shadowed:
+            return "no: a source of this name in HOOKPOST['RECEIVER_SOURCES'] wins"
+        return "yes" if obj.is_active else "no: inactive"
 
     @admin.display(description="keys")
     def key_fingerprints(self, obj: Source) -> str:

@@ -516,7 +516,8 @@ class Source(models.Model):
     """A sender this project accepts webhooks from, managed in the admin.
 
     Sources may also be declared in ``HOOKPOST["RECEIVER_SOURCES"]``; a source in
-    settings wins over one here with the same name.
+    settings wins over one here with the same name (the admin refuses that name and marks
+    an older row that settings now shadow).
     """
 
     class Mode(models.TextChoices):
@@ -565,6 +566,22 @@ class Source(models.Model):
         """Save, sealing the keys first."""
         self.secrets = crypto.seal(self.secrets.strip())
         super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        """Refuse a name a settings source already has: that source would win, and this one never be used."""
+        if self.is_shadowed:
+            raise ValidationError(
+                {
+                    "name": f"HOOKPOST['RECEIVER_SOURCES'] declares a source named {self.name!r}, which "
+                    "wins over this one: choose another name, or remove it from settings."
+                }
+            )
+
+    @property
+    def is_shadowed(self) -> bool:
+        """Whether a source of the same name in settings takes this one's place."""
+        declared = hookpost_settings.RECEIVER_SOURCES
+        return isinstance(declared, dict) and self.name in declared
 
     def keys(self) -> str:
         """The keys as text, one per line (unsealed: never show it, use it)."""
