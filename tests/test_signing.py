@@ -30,6 +30,7 @@ from hookpost.signing import (
     VerifyingKey,
     generate_ed25519_keypair,
     generate_secret,
+    hmac_sha256,
     parse_secret,
     parse_verifying_key,
     sign,
@@ -692,3 +693,9 @@ def test_sign_rejects_a_bare_string_as_the_secret_list():
 
 def test_signing_module_imports_nothing_from_django():
     assert django_modules_after_importing("hookpost.signing") == []
+
+
+@pytest.mark.parametrize("size", [0, 1, 600, 2046, 2047, 2048, 2049, 4094, 4095, 100_003])
+def test_the_gil_holding_hmac_equals_the_standard_one_at_every_chunk_boundary(size):
+    key, content = os.urandom(24), os.urandom(size)
+    assert hmac_sha256(key, content) == hmac.digest(key, content, "sha256")

@@ -168,7 +168,7 @@ class SigningKey:
 
     def _signature_entry(self, content: bytes) -> str:
         if self._private_key is None:
-            digest = hmac.digest(self.material, content, "sha256")
+            digest = hmac_sha256(self.material, content)
         else:
             digest = self._private_key.sign(content)
         return f"{self.scheme},{base64.b64encode(digest).decode('ascii')}"
@@ -217,6 +217,25 @@ def _decode_base64(text: str, what: str) -> bytes:
     except ValueError as exc:
         # Never echo the input: it is a secret.
         raise ValueError(f"{what} is not valid base64") from exc
+
+
+# hashlib gives up the GIL while hashing this many bytes or more (CPython's
+# HASHLIB_GIL_MINSIZE), and hmac.digest() gives it up whatever the size. Taking it back
+# waits for whichever thread holds it: in the worker, next to its busy database threads,
+# that made each signature cost about 200 µs instead of 2 µs.
+_GIL_HELD_CHUNK: Final = 2047
+
+
+def hmac_sha256(key: bytes, content: bytes) -> bytes:
+    """HMAC-SHA256 of ``content``, fed in pieces small enough that hashing keeps the GIL."""
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    if len(content) <= _GIL_HELD_CHUNK:
+        mac.update(content)
+    else:
+        view = memoryview(content)
+        for start in range(0, len(view), _GIL_HELD_CHUNK):
+            mac.update(view[start : start + _GIL_HELD_CHUNK])
+    return mac.digest()
 
 
 def _hmac_secret(text: str) -> bytes:
@@ -400,7 +419,7 @@ def _matching_scheme(
     for scheme, signature in entries:
         if scheme == "v1":
             if digests is None:
-                digests = [hmac.digest(key.material, content, "sha256") for key in keys if key.scheme == "v1"]
+                digests = [hmac_sha256(key.material, content) for key in keys if key.scheme == "v1"]
             if any(hmac.compare_digest(digest, signature) for digest in digests):
                 return "v1"
         elif any(key._accepts_ed25519(signature, content) for key in keys):
