@@ -409,3 +409,16 @@ def test_resuming_by_hand_makes_parked_deliveries_due():
     outbox.resume_endpoint(down)
     assert all(t <= timezone.now() for t in due_times(down))
     assert len(outbox.claim(worker_id="w", limit=10, lease=LEASE)) == 3
+
+
+# --- order ----------------------------------------------------------------------------------------
+
+
+def test_a_claim_takes_the_longest_due_first_whatever_the_ids():
+    backlog(10, cap=100)
+    rows = list(Delivery.objects.order_by("id"))
+    for place, delivery in enumerate(rows):
+        # The later the id, the longer it has been due.
+        Delivery.objects.filter(id=delivery.id).update(next_attempt_at=NOW - dt.timedelta(minutes=place))
+    claims = outbox.claim(worker_id="w", limit=3, lease=LEASE)
+    assert ids(claims) == [rows[9].id, rows[8].id, rows[7].id]
