@@ -566,3 +566,39 @@ def test_the_worker_keeps_no_query_log_even_with_debug_on():
         assert _reconnecting(lambda: Endpoint.objects.count()) == 0
         # Django would keep up to 9,000 of these per connection for a long-running worker.
         assert list(connection.queries_log) == []
+
+
+def test_a_recorder_that_falls_behind_holds_back_claims_so_few_successes_go_unrecorded(monkeypatch):
+    from hookpost import outbox
+    from hookpost.transports.memory import MemoryTransport
+
+    transport = MemoryTransport()
+    Endpoint.objects.create(url="https://hooks.example.com/x", event_types=["*"], max_in_flight=1000)
+    for n in range(120):
+        Author.objects.create(name=f"a{n}")
+    # The database stands still for recording: the first flush waits until the gate opens.
+    gate, record = threading.Event(), outbox.record_results
+
+    def slow_record(*args, **kwargs):
+        gate.wait(30)
+        return record(*args, **kwargs)
+
+    monkeypatch.setattr(outbox, "record_results", slow_record)
+    concurrency, batch = 5, 5
+    worker = Worker(transport=transport, poll_interval=0.01, concurrency=concurrency, batch_size=batch)
+    thread = threading.Thread(target=worker.run, kwargs={"burst": True})
+    thread.start()
+    try:
+        settled_at = None
+        for _ in range(200):  # until the number sent stops moving
+            time.sleep(0.05)
+            if settled_at == len(transport.requests) and settled_at:
+                break
+            settled_at = len(transport.requests)
+        # Unrecorded successes stop at one round's worth (plus what was already out).
+        assert len(transport.requests) <= 2 * (concurrency + batch)
+    finally:
+        gate.set()
+        thread.join(60)
+    assert Delivery.objects.filter(status="delivered").count() == 120
+    assert len(transport.requests) == 120

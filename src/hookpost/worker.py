@@ -261,7 +261,11 @@ class Worker:
         # Claim ahead of free slots, so a finished request is followed at once by the next.
         room = self.concurrency + self.batch_size - len(tasks) - len(self._waiting)
         claims: list[outbox.Claim] = []
-        if room >= min(self.batch_size, self.concurrency) // 2 or not self._waiting:
+        # Successes not yet recorded are sent again if this process dies. A slow database
+        # (SQLite's one writer) let them pile up: 580 at one kill. Past one round's worth,
+        # wait for the recorder, so a slow database slows the worker instead of widening that.
+        recorded_behind = len(self._settled) >= self.concurrency + self.batch_size
+        if not recorded_behind and (room >= min(self.batch_size, self.concurrency) // 2 or not self._waiting):
             claims = await self._call(
                 outbox.claim,
                 worker_id=self.worker_id,
