@@ -1049,7 +1049,8 @@ def _park(using: str, endpoint_id: int, until: dt.datetime) -> int:
 
     They could not go before it anyway, and left due they would stay at the head of the
     index every claim walks: 50,000 held deliveries doubled the time of each claim for
-    the healthy endpoints behind them.
+    the healthy endpoints behind them. A fan-out committing while the circuit opens
+    may leave its batch due (it read the endpoint before): the next failed probe parks it.
     """
     return (
         Delivery.objects.using(using)

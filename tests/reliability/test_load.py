@@ -192,8 +192,11 @@ def test_a_load_through_real_workers_reaches_every_healthy_endpoint_and_accounts
     assert circuit_wait == min(
         hookpost_settings.CIRCUIT_COOLDOWN * 2**failed_probes, Breaker().max_cooldown.total_seconds()
     )
-    # Its pending deliveries are parked at the probe time, off the head of the claim's queue.
-    assert set(pending.values_list("next_attempt_at", flat=True)) <= {broken.blocked_until}
+    # Its pending deliveries are parked at the probe time, off the head of the claim's queue,
+    # but for a fan-out that committed while the circuit was being opened (at most one batch
+    # per worker): those wait for the next failed probe to park them.
+    unparked = pending.exclude(next_attempt_at=broken.blocked_until).count()
+    assert unparked <= workers * 100, unparked
 
     # Nothing is left leased once the workers are gone, and every event was fanned out.
     assert not Delivery.objects.exclude(lease_owner="").exists()
