@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
 import sys
 import threading
@@ -110,6 +109,18 @@ def connect_broken_receiver(name: str) -> None:
     getattr(signals, name).connect(broken, weak=False)
 
 
+def own_peak_rss_kb() -> int:
+    """This process's own peak resident set (``VmHWM``, KiB).
+
+    Not ``ru_maxrss``: Linux carries that over from the parent through fork and exec, so
+    a worker started by a soak-sized test process reported the test process's 740 MB.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def run_worker() -> None:
     import datetime as dt
 
@@ -129,7 +140,7 @@ def run_worker() -> None:
     say("WORKER", worker.worker_id)
     stats = worker.run(burst=bool(ARGS.get("burst")), handle_signals=True)
     say("STATS", stats.line())
-    say("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    say("PEAK_RSS_KB", own_peak_rss_kb())
 
 
 def create_endpoint() -> None:
