@@ -49,3 +49,22 @@ def ensure_database(name: str, hint: str = "Start it (`make services`).") -> Non
             file=sys.stderr,
         )
         sys.exit(1)
+
+
+def configure_hookpost(dbname: str) -> None:
+    """Configure Django with hookpost alone on PostgreSQL database ``dbname``, loopback allowed."""
+    import django
+    from django.conf import settings
+
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="bench-only",
+        USE_TZ=True,
+        TIME_ZONE="UTC",
+        DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
+        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "hookpost"],
+        DATABASES={"default": django_database(dbname)},
+        HOOKPOST={"ALLOWED_NETWORKS": ["127.0.0.0/8"], "ALLOW_HTTP": True},
+        LOGGING_CONFIG=None,
+    )
+    django.setup()

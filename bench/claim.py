@@ -21,29 +21,10 @@ for _path in (ROOT / "src", ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from _postgres import django_database, ensure_database  # noqa: E402
+from _postgres import configure_hookpost, ensure_database  # noqa: E402
 
 BENCH_DB = "hookpost_bench_claim"
 LEASE = dt.timedelta(seconds=60)
-
-
-def configure_django() -> None:
-    """Configure Django for hookpost on the benchmark's PostgreSQL database."""
-    import django
-    from django.conf import settings
-
-    settings.configure(
-        DEBUG=False,
-        SECRET_KEY="bench-only",
-        USE_TZ=True,
-        TIME_ZONE="UTC",
-        DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
-        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "hookpost"],
-        DATABASES={"default": django_database(BENCH_DB)},
-        HOOKPOST={"ALLOWED_NETWORKS": ["127.0.0.0/8"], "ALLOW_HTTP": True},
-        LOGGING_CONFIG=None,
-    )
-    django.setup()
 
 
 def seed(held: int, due: int) -> Any:
@@ -128,7 +109,7 @@ def main() -> None:
     parser.add_argument("--claims", type=int, default=40, help="claims timed per configuration and round")
     args = parser.parse_args()
     ensure_database(BENCH_DB)
-    configure_django()
+    configure_hookpost(BENCH_DB)
     from django.db import connection
 
     from hookpost.models import Delivery, Endpoint

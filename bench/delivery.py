@@ -37,7 +37,7 @@ for _path in (ROOT / "example", ROOT / "src", ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from _postgres import django_database, ensure_database  # noqa: E402
+from _postgres import configure_hookpost, ensure_database  # noqa: E402
 
 BENCH_DB = "hookpost_bench_delivery"
 TARGET_RATE = 2000.0
@@ -54,23 +54,7 @@ CTX = mp.get_context("fork")
 
 def configure_django() -> None:
     """Configure Django for hookpost on PostgreSQL, loopback allowed, ``hookpost`` logging at WARNING."""
-    import django
-    from django.conf import settings
-
-    settings.configure(
-        DEBUG=False,
-        SECRET_KEY="bench-only",
-        USE_TZ=True,
-        TIME_ZONE="UTC",
-        DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
-        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "hookpost"],
-        DATABASES={
-            "default": django_database(BENCH_DB),
-        },
-        HOOKPOST={"ALLOWED_NETWORKS": ["127.0.0.0/8"], "ALLOW_HTTP": True},
-        LOGGING_CONFIG=None,
-    )
-    django.setup()
+    configure_hookpost(BENCH_DB)
     set_hookpost_logging(logging.WARNING)
 
 
