@@ -127,6 +127,34 @@ def test_recording_every_verdict_gives_the_same_rows_either_way(path):
 
 
 @pytest.mark.parametrize("path", ["native", "orm"])
+def test_nul_characters_are_recorded_as_replacement_characters_and_nothing_else_changes(path):
+    # PostgreSQL text and jsonb refuse U+0000: a binary answer once failed every flush.
+    if path == "native" and connection.vendor != "postgresql":
+        pytest.skip("the one-statement path is PostgreSQL's")
+    claims = leased_deliveries(3)
+    plain, body, header = (
+        dataclasses.replace(r, decision=Decision(Verdict.DELIVERED, None, "")) for r in results_for(claims)
+    )
+    # JSON spells a backslash before "u0000" as two: text that looks like the escape is kept.
+    plain = dataclasses.replace(plain, response_body="a \\u0000 b", error="")
+    body = dataclasses.replace(body, response_body="\x1f\x8b\x00gz", error="refused: \x00")
+    header = dataclasses.replace(header, request_headers={"x-team\x00": "a\x00b"})
+    with outbox._worker_transaction("default") as conn:
+        if path == "native":
+            outbox._record_in_one_statement(conn, [plain, body, header], NOW)
+        else:
+            outbox._record_with_orm("default", [plain, body, header], NOW)
+    logged = {a.delivery_id: a for a in Attempt.objects.all()}
+    assert logged[plain.delivery_id].response_body == "a \\u0000 b"
+    assert (logged[body.delivery_id].response_body, logged[body.delivery_id].error) == (
+        "\x1f\x8b\ufffdgz",
+        "refused: \ufffd",
+    )
+    assert logged[header.delivery_id].request_headers == {"x-team\ufffd": "a\ufffdb"}
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"delivered"}
+
+
+@pytest.mark.parametrize("path", ["native", "orm"])
 def test_a_late_result_never_moves_a_finished_delivery_back(path):
     if path == "native" and connection.vendor != "postgresql":
         pytest.skip("the one-statement path is PostgreSQL's")
@@ -220,7 +248,13 @@ def test_id_lists_are_one_array_parameter_on_postgresql_and_placeholders_elsewhe
     sql, params = outbox._any(connection, "id", (3, 1, 2))
     if connection.vendor == "postgresql":
         # The statement's text stays the same whatever the batch: the driver parses it once.
-        assert (sql, params) == ("id = ANY(%s)", [[3, 1, 2]])
+        # The array is one literal string: a list costs the driver a dumper call per element.
+        assert (sql, params) == ("id = ANY(%s::bigint[])", ["{3,1,2}"])
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT x FROM unnest(%s::bigint[]) AS x", [outbox._int_array([])])
+            assert cursor.fetchall() == []
+            cursor.execute("SELECT 3 = ANY(%s::bigint[]), 4 = ANY(%s::bigint[])", params * 2)
+            assert cursor.fetchone() == (True, False)
     else:
         assert (sql, params) == ("id IN (%s, %s, %s)", [3, 1, 2])
 

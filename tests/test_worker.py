@@ -602,3 +602,16 @@ def test_a_recorder_that_falls_behind_holds_back_claims_so_few_successes_go_unre
         thread.join(60)
     assert Delivery.objects.filter(status="delivered").count() == 120
     assert len(transport.requests) == 120
+
+
+def test_a_response_body_with_nul_bytes_is_logged_without_them_and_the_worker_goes_on(receiver):
+    # PostgreSQL text cannot hold U+0000; a binary answer (gzip, an image) once stopped the
+    # recorder: every flush failed and the delivery was sent again and again.
+    receiver.script("/hooks", (200, {}, b"ok\x00\x01\xffbin"))
+    make_endpoint(receiver)
+    Author.objects.create(name="a")
+    drain()
+    assert len(receiver.received()) == 1
+    attempt = Attempt.objects.get()
+    assert attempt.response_body == "ok\ufffd\x01\ufffdbin"
+    assert Delivery.objects.get().status == Delivery.Status.DELIVERED
