@@ -23,6 +23,7 @@ import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -253,6 +254,49 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class DatabaseCpu:
+    """CPU seconds the PostgreSQL backends serving ``dbname`` use while the block runs (local server only).
+
+    A backend's time can only be read while it lives and the worker's backends exit
+    with it, so a thread samples ``/proc`` every 10 ms and keeps each backend's last reading.
+    """
+
+    def __init__(self, dbname: str) -> None:
+        self.marker = f" {dbname} "
+        self.seconds = 0.0
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="bench-db-cpu", daemon=True)
+
+    def __enter__(self) -> DatabaseCpu:
+        self._sample()
+        self._first = dict(self._last)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        self.seconds = sum(cpu - self._first.get(pid, 0.0) for pid, cpu in self._last.items())
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.01):
+            self._sample()
+
+    def _sample(self) -> None:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if command.startswith("postgres:") and self.marker in command:
+                self._last[int(entry.name)] = process_cpu_seconds(int(entry.name))
+
+
 def machine_busy() -> tuple[float, float]:
     """(busy, total) jiffies of all CPUs so far, from ``/proc/stat``."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -283,6 +327,7 @@ class Run:
     receiver_cpu: float
     machine: float  # share of all CPUs busy
     db: list[DbCall] | None = None  # worker only: outbox calls on its database thread
+    database_cpu: float = 0.0  # worker only: CPU seconds of the PostgreSQL backends
 
     @property
     def rate(self) -> float:
@@ -293,7 +338,13 @@ class Run:
             f"  {self.label:<40} {self.rate:>6,.0f}/s  {self.seconds:6.2f} s   sender CPU "
             f"{self.cpu / self.seconds:4.0%}  receiver CPU {self.receiver_cpu / self.seconds:4.0%}  "
             f"machine {self.machine:4.0%}"
+            + (f"  PostgreSQL CPU {self.database_cpu / self.seconds:4.0%}" if self.database_cpu else "")
         )
+
+    def cpu_per_request_us(self) -> tuple[float, float, float]:
+        """Microseconds of CPU per request: the sender, PostgreSQL (worker runs) and the receiver."""
+        per = 1e6 / self.count
+        return self.cpu * per, self.database_cpu * per, self.receiver_cpu * per
 
     def db_line(self) -> str:
         """Where the worker's database thread spent the run."""
@@ -425,13 +476,22 @@ def run_hookpost(
     vacuum()
     load: dict[str, float] = {}
     receiver_cpu0 = receivers.cpu_seconds()
-    with machine_load(load):
+    with machine_load(load), DatabaseCpu(BENCH_DB) as database:
         result = run_in_child(lambda: worker_burst(args.concurrency, args.batch_size, log_path, profile))
     receiver_cpu = receivers.cpu_seconds() - receiver_cpu0
     delivered = delivered_count()
     if delivered != events or result["failed"]:
         raise RuntimeError(f"{label}: {delivered} of {events} delivered, {result['failed']} failed")
-    return Run(label, events, result["seconds"], result["cpu"], receiver_cpu, load["machine"], result["db"])
+    return Run(
+        label,
+        events,
+        result["seconds"],
+        result["cpu"],
+        receiver_cpu,
+        load["machine"],
+        result["db"],
+        database.seconds,
+    )
 
 
 # --- the bare client ------------------------------------------------------------------------
@@ -612,6 +672,39 @@ def print_profile(path: str, title: str, limit: int) -> None:
     print(text[text.find("   ncalls") :].rstrip())
 
 
+# --- CPU budget -----------------------------------------------------------------------------
+
+
+def print_cpu_budget(hookpost_runs: list[Run], bare_runs: list[Run], bare_rate: float) -> None:
+    """Where a delivery's CPU goes, against a bare request's, and the rate that CPU allows on this machine.
+
+    The worker, PostgreSQL and the receiver share this machine's CPUs; a delivery
+    needs all three, a bare request two. Dividing the CPUs by a delivery's total gives
+    the most deliveries per second the machine could do if every CPU were busy.
+    """
+    worker, database, receiver = (
+        statistics.median(r.cpu_per_request_us()[i] for r in hookpost_runs) for i in range(3)
+    )
+    client, _, bare_receiver = (
+        statistics.median(r.cpu_per_request_us()[i] for r in bare_runs) for i in range(3)
+    )
+    total = worker + database + receiver
+    cpus = os.cpu_count() or 1
+    ceiling = cpus / total * 1e6
+    print(
+        f"  CPU per delivery: worker {worker:.0f} µs + PostgreSQL {database:.0f} µs "
+        f"+ receiver {receiver:.0f} µs = {total:.0f} µs"
+    )
+    print(
+        f"  CPU per bare request: client {client:.0f} µs + receiver {bare_receiver:.0f} µs "
+        f"= {client + bare_receiver:.0f} µs"
+    )
+    print(
+        f"  {cpus} CPUs all busy would allow {ceiling:,.0f} deliveries/s at that cost: "
+        f"{ceiling / bare_rate:.2f} of the bare median"
+    )
+
+
 # --- main -----------------------------------------------------------------------------------
 
 
@@ -668,6 +761,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = rate / bare_rate
     print(f"\n  hookpost median {rate:,.0f} deliveries/s; bare median {bare_rate:,.0f} requests/s")
     print(f"  hookpost / bare = {ratio:.2f}")
+    print_cpu_budget(hookpost_runs, bare_runs, bare_rate)
 
     for run in hookpost_runs:
         print(f"  {run.label}:\n{run.db_line()}")
