@@ -425,7 +425,7 @@ def claim(
                 break
             missing = {endpoint_id for _, endpoint_id in candidates} - endpoints.keys()
             if missing:
-                endpoints.update(Endpoint.objects.using(using).in_bulk(missing))
+                endpoints.update(_endpoints(connection, sql, missing))
             picked.extend(
                 _admit(
                     using,
@@ -478,6 +478,13 @@ def claim(
     return claims
 
 
+def _endpoints(connection: BaseDatabaseWrapper, sql: _ClaimSQL, ids: Collection[int]) -> dict[int, Endpoint]:
+    """The endpoints ``ids``, whole: a raw query, as ``in_bulk`` spent ~250 µs per claim building its SQL."""
+    where, params = _any(connection, "id", ids)
+    rows = Endpoint.objects.using(connection.alias).raw(sql.endpoints.format(ids=where), params)
+    return {endpoint.id: endpoint for endpoint in rows}
+
+
 class _ClaimSQL:
     """The claim's statements for one database vendor, built once from the models' metadata.
 
@@ -520,6 +527,8 @@ class _ClaimSQL:
             f"WHERE status = '{Endpoint.Status.ACTIVE}' AND (blocked_until IS NULL OR blocked_until <= %s)"
         )
         self.delivery_table = d
+        every_column = ", ".join(q(str(f.column)) for f in Endpoint._meta.concrete_fields)
+        self.endpoints = f"SELECT {every_column} FROM {ep} WHERE {{ids}}"
         self.lease = f"UPDATE {d} SET lease_owner = %s, lease_expires_at = %s WHERE {{ids}}"
         self.payloads = (
             f"SELECT {d}.id, {d}.event_id, {d}.attempt_count, {d}.sequence, {e}.type, {e}.payload "
@@ -1028,6 +1037,19 @@ def _delivery_notices(results: Sequence[AttemptResult]) -> list[Callable[[], obj
     return notices
 
 
+class _HealthSQL:
+    """The healthy endpoint's update after a flush of successes, built once."""
+
+    def __init__(self, connection: BaseDatabaseWrapper) -> None:
+        q = connection.ops.quote_name
+        fields = {f.name: q(str(f.column)) for f in Endpoint._meta.concrete_fields}
+        self.healthy = (
+            f"UPDATE {q(Endpoint._meta.db_table)} SET {fields['last_success_at']} = %s, "
+            f"{fields['failing_since']} = NULL WHERE {fields['id']} = %s "
+            f"AND {fields['consecutive_failures']} = 0 AND {fields['blocked_until']} IS NULL"
+        )
+
+
 def _update_health(
     using: str,
     results: Sequence[AttemptResult],
@@ -1040,15 +1062,18 @@ def _update_health(
     by_endpoint: dict[int, list[AttemptResult]] = {}
     for r in sorted(results, key=lambda r: r.started_at):
         by_endpoint.setdefault(r.endpoint_id, []).append(r)
+    connection = connections[using]
     for endpoint_id, batch in list(by_endpoint.items()):
         if all(r.decision.verdict is Verdict.DELIVERED for r in batch):
-            # The usual case, a healthy endpoint answering 2xx: one conditional UPDATE.
+            # The usual case, a healthy endpoint answering 2xx: one conditional UPDATE, in
+            # plain SQL as it runs on every flush (the queryset cost ~400 µs to build).
             # No row changes when the endpoint was failing; the full path below handles it.
-            healthy = (
-                Endpoint.objects.using(using)
-                .filter(id=endpoint_id, consecutive_failures=0, blocked_until__isnull=True)
-                .update(last_success_at=batch[-1].started_at, failing_since=None)
-            )
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    _statements(_HealthSQL, connection).healthy,
+                    [connection.ops.adapt_datetimefield_value(batch[-1].started_at), endpoint_id],
+                )
+                healthy = cursor.rowcount
             if healthy:
                 del by_endpoint[endpoint_id]
     if not by_endpoint:
