@@ -155,6 +155,45 @@ def test_nul_characters_are_recorded_as_replacement_characters_and_nothing_else_
 
 
 @pytest.mark.parametrize("path", ["native", "orm"])
+def test_results_of_deliveries_deleted_meanwhile_are_not_logged_and_the_others_are(path):
+    if path == "native" and connection.vendor != "postgresql":
+        pytest.skip("the one-statement path is PostgreSQL's")
+    claims = leased_deliveries(4)
+    results = [
+        dataclasses.replace(r, decision=Decision(Verdict.DELIVERED, None, "")) for r in results_for(claims)
+    ]
+    gone = {claims[1].delivery.event_id, claims[2].delivery.event_id}
+    Event.objects.filter(id__in=gone).delete()  # their deliveries go with them
+    with outbox._worker_transaction("default") as conn:
+        if path == "native":
+            logged = outbox._record_in_one_statement(conn, results, NOW)
+        else:
+            logged = outbox._record_with_orm("default", results, NOW)
+    kept = {claims[0].delivery.id, claims[3].delivery.id}
+    assert logged == kept
+    assert set(Attempt.objects.values_list("delivery_id", flat=True)) == kept
+    assert set(Delivery.objects.delivered().values_list("id", flat=True)) == kept
+
+
+def test_recording_results_for_a_deleted_endpoint_logs_nothing_signals_nothing_and_says_so(caplog):
+    from hookpost import signals
+
+    claims = leased_deliveries(2)
+    results = [
+        dataclasses.replace(r, decision=Decision(Verdict.DELIVERED, None, "")) for r in results_for(claims)
+    ]
+    seen: list[dict[str, Any]] = []
+    signals.delivery_succeeded.connect(lambda **kw: seen.append(kw), weak=False, dispatch_uid="test-gone")
+    try:
+        Endpoint.objects.all().delete()
+        outbox.record_results(results)
+    finally:
+        signals.delivery_succeeded.disconnect(dispatch_uid="test-gone")
+    assert not Attempt.objects.exists() and seen == []
+    assert "results of 2 deliveries deleted meanwhile not logged" in caplog.text
+
+
+@pytest.mark.parametrize("path", ["native", "orm"])
 def test_a_late_result_never_moves_a_finished_delivery_back(path):
     if path == "native" and connection.vendor != "postgresql":
         pytest.skip("the one-statement path is PostgreSQL's")

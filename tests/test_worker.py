@@ -615,3 +615,27 @@ def test_a_response_body_with_nul_bytes_is_logged_without_them_and_the_worker_go
     attempt = Attempt.objects.get()
     assert attempt.response_body == "ok\ufffd\x01\ufffdbin"
     assert Delivery.objects.get().status == Delivery.Status.DELIVERED
+
+
+def test_an_endpoint_deleted_while_its_request_is_out_does_not_stop_the_worker(receiver):
+    # The attempt's foreign key once failed every flush after it: nothing else was recorded.
+    doomed = make_endpoint(receiver, "/doomed")
+    kept = make_endpoint(receiver, "/kept")
+
+    def delete_then_answer(got):
+        from django.db import connection
+
+        # On the receiver's thread: its own connection, closed so the test database can go.
+        Endpoint.objects.filter(id=doomed.id).delete()
+        connection.close()
+        return 200, {}, "ok"
+
+    receiver.script("/doomed", delete_then_answer)
+    seen = listen(signals.delivery_succeeded)
+    Author.objects.create(name="a")
+    drain()
+    assert len(receiver.received("/doomed")) == len(receiver.received("/kept")) == 1
+    [delivery] = Delivery.objects.all()
+    assert (delivery.endpoint_id, delivery.status) == (kept.id, Delivery.Status.DELIVERED)
+    assert [a.delivery_id for a in Attempt.objects.all()] == [delivery.id]
+    assert [call["endpoint_id"] for call in seen] == [kept.id]

@@ -807,7 +807,9 @@ def record_results(
     """Write the attempt log and move each delivery and endpoint to its next state, in one transaction.
 
     Deliveries already finished elsewhere (a replayed lease that both workers sent)
-    are not moved back. Operational signals go out after the commit.
+    are not moved back. A delivery deleted while its request was out (its endpoint or
+    event deleted) gets no attempt row and no signal, but its answer still counts
+    towards the endpoint's health. Operational signals go out after the commit.
     """
     if not results:
         return
@@ -816,10 +818,14 @@ def record_results(
     notices: list[Callable[[], object]] = []
     with _worker_transaction(using) as connection:
         if connection.vendor == "postgresql":
-            _record_in_one_statement(connection, results, now)
+            logged = _record_in_one_statement(connection, results, now)
         else:
-            _record_with_orm(using, results, now)
-        notices.extend(_delivery_notices(results))
+            logged = _record_with_orm(using, results, now)
+        if len(logged) < len(results):
+            # Logging them anyway broke the attempt's foreign key, so every flush after it failed.
+            gone = sorted(r.delivery_id for r in results if r.delivery_id not in logged)
+            logger.warning("results of %d deliveries deleted meanwhile not logged: %s", len(gone), gone)
+        notices.extend(_delivery_notices([r for r in results if r.delivery_id in logged]))
         notices.extend(_update_health(using, results, now, breaker, disable_after))
     transaction.on_commit(lambda: [notice() for notice in notices], using=using)
 
@@ -838,16 +844,20 @@ class _RecordSQL:
         # thread that records outcomes (about 25 µs per attempt). Each delivery's new
         # status and due time ride along; a delivery already finished elsewhere (a
         # replayed lease both workers sent) stays as it is.
+        # Attempts are logged only for deliveries that still exist; the statement returns
+        # their ids.
         self.statement = (
             f"WITH r AS (SELECT * FROM json_to_recordset(%s::json) AS r({', '.join(_RECORD_COLUMNS)})), "
-            f"log AS (INSERT INTO {a} ({columns}) SELECT id, {', '.join(_LOG_FIELDS[1:])} FROM r) "
-            f"UPDATE {d} SET status = r.status, attempt_count = {d}.attempt_count + 1, "
+            f"moved AS (UPDATE {d} SET status = r.status, attempt_count = {d}.attempt_count + 1, "
             "last_attempt_at = %s, lease_owner = '', lease_expires_at = NULL, "
             f"finished_at = CASE WHEN r.status = '{pending}' THEN NULL ELSE %s END, "
             "next_attempt_at = r.next_attempt_at FROM r "
             # The ids again, as an array: it lets the planner read the rows by primary key
             # (the JSON alone hides their number and it scans every pending delivery).
-            f"WHERE {d}.id = r.id AND {d}.id = ANY(%s::bigint[]) AND {d}.status = '{pending}'"
+            f"WHERE {d}.id = r.id AND {d}.id = ANY(%s::bigint[]) AND {d}.status = '{pending}') "
+            f"INSERT INTO {a} ({columns}) SELECT id, {', '.join(_LOG_FIELDS[1:])} FROM r "
+            f"WHERE id IN (SELECT id FROM {d} WHERE id = ANY(%s::bigint[])) "
+            f"RETURNING {q(column_of['delivery'])}"
         )
 
 
@@ -890,7 +900,7 @@ _NEXT_STATUS = {
 
 def _record_in_one_statement(
     connection: BaseDatabaseWrapper, results: Sequence[AttemptResult], now: dt.datetime
-) -> None:
+) -> set[int]:
     sql = _statements(_RecordSQL, connection)
     records = [
         {
@@ -919,7 +929,8 @@ def _record_in_one_statement(
         document = json.dumps(_storable(records))
     ids = _int_array(r.delivery_id for r in results)
     with connection.cursor() as cursor:
-        cursor.execute(sql.statement, [document, now, now, ids])
+        cursor.execute(sql.statement, [document, now, now, ids, ids])
+        return {delivery_id for (delivery_id,) in cursor.fetchall()}
 
 
 def _storable(value: Any) -> Any:
@@ -937,7 +948,9 @@ def _storable(value: Any) -> Any:
     return value
 
 
-def _record_with_orm(using: str, results: Sequence[AttemptResult], now: dt.datetime) -> None:
+def _record_with_orm(using: str, results: Sequence[AttemptResult], now: dt.datetime) -> set[int]:
+    ids = [r.delivery_id for r in results]
+    existing = set(Delivery.objects.using(using).filter(id__in=ids).values_list("id", flat=True))
     Attempt.objects.using(using).bulk_create(
         Attempt(
             delivery_id=r.delivery_id,
@@ -951,6 +964,7 @@ def _record_with_orm(using: str, results: Sequence[AttemptResult], now: dt.datet
             verdict=str(r.decision.verdict),
         )
         for r in results
+        if r.delivery_id in existing
     )
     by_verdict: dict[Verdict, list[AttemptResult]] = {}
     for r in results:
@@ -978,6 +992,7 @@ def _record_with_orm(using: str, results: Sequence[AttemptResult], now: dt.datet
         )
     if retry := by_verdict.get(Verdict.RETRY):
         _schedule_retries(using, retry, now)
+    return existing
 
 
 def _schedule_retries(using: str, retry: list[AttemptResult], now: dt.datetime) -> None:
