@@ -837,56 +837,45 @@ class _RecordSQL:
         q = connection.ops.quote_name
         d, a = q(Delivery._meta.db_table), q(Attempt._meta.db_table)
         column_of = {f.name: str(f.column) for f in Attempt._meta.concrete_fields}
-        columns = ", ".join(q(column_of[name]) for name in _LOG_FIELDS)
+        logged = [name for name, _ in _LOG_COLUMNS]
+        columns = ", ".join(q(column_of[name]) for name in logged)
+        record_type = ", ".join(f"{name} {kind}" for name, kind in (*_LOG_COLUMNS, *_MOVE_COLUMNS))
         pending = Delivery.Status.PENDING
         # The batch travels as one JSON document: the driver passes one string, where
         # twelve arrays cost it a dumper call and a quoting check per element, on the
         # thread that records outcomes (about 25 µs per attempt). Each delivery's new
         # status and due time ride along; a delivery already finished elsewhere (a
-        # replayed lease both workers sent) stays as it is.
-        # Attempts are logged only for deliveries that still exist; the statement returns
-        # their ids.
+        # replayed lease both workers sent) stays as it is. Attempts are logged only for
+        # deliveries that still exist; the statement returns their ids.
         self.statement = (
-            f"WITH r AS (SELECT * FROM json_to_recordset(%s::json) AS r({', '.join(_RECORD_COLUMNS)})), "
+            f"WITH r AS (SELECT * FROM json_to_recordset(%s::json) AS r({record_type})), "
             f"moved AS (UPDATE {d} SET status = r.status, attempt_count = {d}.attempt_count + 1, "
             "last_attempt_at = %s, lease_owner = '', lease_expires_at = NULL, "
             f"finished_at = CASE WHEN r.status = '{pending}' THEN NULL ELSE %s END, "
             "next_attempt_at = r.next_attempt_at FROM r "
             # The ids again, as an array: it lets the planner read the rows by primary key
             # (the JSON alone hides their number and it scans every pending delivery).
-            f"WHERE {d}.id = r.id AND {d}.id = ANY(%s::bigint[]) AND {d}.status = '{pending}') "
-            f"INSERT INTO {a} ({columns}) SELECT id, {', '.join(_LOG_FIELDS[1:])} FROM r "
-            f"WHERE id IN (SELECT id FROM {d} WHERE id = ANY(%s::bigint[])) "
+            f"WHERE {d}.id = r.delivery AND {d}.id = ANY(%s::bigint[]) AND {d}.status = '{pending}') "
+            f"INSERT INTO {a} ({columns}) SELECT {', '.join(logged)} FROM r "
+            f"WHERE delivery IN (SELECT id FROM {d} WHERE id = ANY(%s::bigint[])) "
             f"RETURNING {q(column_of['delivery'])}"
         )
 
 
-#: The attempt log's fields, as the statement inserts them (``delivery`` comes from ``id``).
-_LOG_FIELDS = (
-    "delivery",
-    "number",
-    "started_at",
-    "duration_ms",
-    "request_headers",
-    "status_code",
-    "response_body",
-    "error",
-    "verdict",
+#: The JSON document's record type: the attempt log's fields (as the statement inserts
+#: them), then each delivery's next state.
+_LOG_COLUMNS = (
+    ("delivery", "bigint"),
+    ("number", "int"),
+    ("started_at", "timestamptz"),
+    ("duration_ms", "int"),
+    ("request_headers", "jsonb"),
+    ("status_code", "int"),
+    ("response_body", "text"),
+    ("error", "text"),
+    ("verdict", "text"),
 )
-#: The JSON document's record type: the log's fields, then the delivery's next state.
-_RECORD_COLUMNS = (
-    "id bigint",
-    "number int",
-    "started_at timestamptz",
-    "duration_ms int",
-    "request_headers jsonb",
-    "status_code int",
-    "response_body text",
-    "error text",
-    "verdict text",
-    "status text",
-    "next_attempt_at timestamptz",
-)
+_MOVE_COLUMNS = (("status", "text"), ("next_attempt_at", "timestamptz"))
 
 
 #: The delivery status each verdict leads to.
@@ -904,7 +893,7 @@ def _record_in_one_statement(
     sql = _statements(_RecordSQL, connection)
     records = [
         {
-            "id": r.delivery_id,
+            "delivery": r.delivery_id,
             "number": r.number,
             "started_at": r.started_at.isoformat(),
             "duration_ms": r.duration_ms,
