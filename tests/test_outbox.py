@@ -175,6 +175,19 @@ def test_results_of_deliveries_deleted_meanwhile_are_not_logged_and_the_others_a
     assert set(Delivery.objects.delivered().values_list("id", flat=True)) == kept
 
 
+def test_the_answer_for_a_delivery_deleted_meanwhile_still_counts_towards_its_endpoints_health():
+    [claim] = leased_deliveries(1)
+    failed = dataclasses.replace(
+        results_for([claim, claim])[1],
+        decision=Decision(Verdict.RETRY, NOW + dt.timedelta(seconds=5), "HTTP 500"),
+    )
+    Event.objects.filter(id=claim.delivery.event_id).delete()  # its delivery goes with it
+    outbox.record_results([failed], now=NOW)
+    assert not Attempt.objects.exists()
+    endpoint = Endpoint.objects.get()
+    assert (endpoint.consecutive_failures, endpoint.failing_since, endpoint.last_failure_at) == (1, NOW, NOW)
+
+
 def test_recording_results_for_a_deleted_endpoint_logs_nothing_signals_nothing_and_says_so(caplog):
     from hookpost import signals
 
