@@ -158,6 +158,46 @@ def test_rotation_uses_the_grace_setting_by_default_and_both_secrets_verify_a_re
     assert [(s["primary"], s["in_force"]) for s in summaries] == [(True, True), (False, True)]
 
 
+def test_signing_keys_unseal_each_secret_once_per_instance_and_follow_rotation_on_it(monkeypatch):
+    endpoint = Endpoint.objects.create(url="https://example.com/hooks", event_types=["*"])
+    [old] = endpoint.signing_secrets()
+    unsealed: list[str] = []
+    real_unseal = crypto.unseal
+
+    def counting_unseal(token: str) -> str:
+        unsealed.append(token)
+        return real_unseal(token)
+
+    monkeypatch.setattr(crypto, "unseal", counting_unseal)
+    now = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    fingerprint = signing.parse_secret(old).fingerprint
+    for _ in range(3):
+        assert [key.fingerprint for key in endpoint.signing_keys(now)] == [fingerprint]
+    assert len(unsealed) == 1
+    # Rotation changes the instance's entries in place: the old one expires, the new one is parsed.
+    new = endpoint.rotate_secret(grace=dt.timedelta(hours=1), now=now)
+    during = endpoint.signing_keys(now + dt.timedelta(minutes=59))
+    after = endpoint.signing_keys(now + dt.timedelta(minutes=61))
+    assert [key.fingerprint for key in during] == [signing.parse_secret(s).fingerprint for s in (new, old)]
+    assert [key.fingerprint for key in after] == [signing.parse_secret(new).fingerprint]
+    assert len(unsealed) == 2
+    # A fresh instance (the next claim's) parses again: nothing outlives the instance.
+    assert len(Endpoint.objects.get(pk=endpoint.pk).signing_keys(now)) == 1
+    assert len(unsealed) == 3
+
+
+def test_a_secret_no_key_can_unseal_still_fails_signing_keys_every_time():
+    endpoint = Endpoint.objects.create(url="https://example.com/hooks", event_types=["*"])
+    with keys(KEY_A):
+        endpoint.rotate_secret(grace=dt.timedelta(0))
+        endpoint.save()
+    fresh = Endpoint.objects.get(pk=endpoint.pk)
+    with keys(KEY_B):
+        for _ in range(2):
+            with pytest.raises(ConfigurationError):
+                fresh.signing_keys()
+
+
 # --- sources ----------------------------------------------------------------------------------------
 
 

@@ -362,6 +362,26 @@ def test_forbidden_ip_literals_are_refused_without_any_network_io(host: str) -> 
     assert elapsed < 2.5  # far below the 5 s connect timeout: refused before any I/O
 
 
+def test_a_refused_ip_literal_is_refused_again_on_every_send() -> None:
+    async def main() -> list[tuple[Any, ...]]:
+        async with HttpTransport(resolver=MapResolver({})) as transport:
+            for _ in range(3):
+                with pytest.raises(AddressNotAllowed):
+                    await transport.send(post("http://10.0.0.1:8080/hook"))
+            return connects()
+
+    assert run(main) == []
+
+
+def test_judged_urls_are_remembered_up_to_a_bound() -> None:
+    transport = HttpTransport(allowed_networks=LOOPBACK)
+    first = transport._check_url("http://127.0.0.1:1/hook")
+    assert transport._check_url("http://127.0.0.1:1/hook") is first
+    for number in range(3000):
+        transport._check_url(f"http://127.0.0.1:1/hook/{number}")
+    assert 0 < len(transport._checked) <= hookpost.transports.http._CHECKED_URLS
+
+
 def test_a_name_with_mixed_addresses_connects_only_to_the_allowed_one() -> None:
     resolver = MapResolver({"mixed.test": ["10.0.0.1", "127.0.0.1"]})
 

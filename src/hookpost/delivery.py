@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 from django.utils import timezone
 
@@ -21,12 +22,14 @@ _SECRET_HINTS = ("auth", "token", "secret", "key", "password", "cookie", "sessio
 
 def redact_headers(headers: dict[str, str]) -> dict[str, str]:
     """A copy of ``headers`` fit for the attempt log: values of credential-like headers masked."""
-    return {
-        name: "[redacted]"
-        if any(hint in name.lower() for hint in _SECRET_HINTS) and name.lower() != "webhook-signature"
-        else value
-        for name, value in headers.items()
-    }
+    return {name: "[redacted]" if _is_secret(name) else value for name, value in headers.items()}
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_secret(name: str) -> bool:
+    # Cached: the worker asks about the same few header names for every request it logs.
+    lowered = name.lower()
+    return lowered != "webhook-signature" and any(hint in lowered for hint in _SECRET_HINTS)
 
 
 def build_request(
@@ -42,7 +45,7 @@ def build_request(
     """
     now = now or timezone.now()
     body = event.body
-    secrets = endpoint.signing_secrets(now)
+    secrets = endpoint.signing_keys(now)
     if not secrets:
         raise ValueError(f"endpoint {endpoint.pk} has no signing secret; rotate one in")
     headers = {

@@ -259,6 +259,25 @@ class Endpoint(models.Model):
         now = now or timezone.now()
         return [crypto.unseal(entry["key"]) for entry in self.secrets if _in_force(entry, now)]
 
+    def signing_keys(self, now: dt.datetime | None = None) -> list[signing.SigningKey]:
+        """:meth:`signing_secrets`, parsed, each secret unsealed and parsed once per instance.
+
+        The worker signs all of a claim's deliveries to an endpoint with one instance:
+        unsealing and parsing on every request cost more than the HMAC itself. The cache
+        is keyed by the sealed value, so a rotated-in secret is parsed when it appears.
+        """
+        now = now or timezone.now()
+        parsed: dict[str, signing.SigningKey] = self.__dict__.setdefault("_parsed_secrets", {})
+        keys = []
+        for entry in self.secrets:
+            if _in_force(entry, now):
+                sealed = entry["key"]
+                key = parsed.get(sealed)
+                if key is None:
+                    key = parsed[sealed] = signing.parse_secret(crypto.unseal(sealed))
+                keys.append(key)
+        return keys
+
     def secret_summaries(self, now: dt.datetime | None = None) -> list[dict[str, Any]]:
         """The secrets as anyone may see them: fingerprint, dates, whether primary or in force."""
         now = now or timezone.now()

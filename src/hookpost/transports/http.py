@@ -30,6 +30,10 @@ __all__ = ["AddressPolicy", "GuardedResolver", "HttpTransport"]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# How many judged URLs a transport remembers (only their parse and the IP-literal check;
+# names are still resolved and judged on every connection).
+_CHECKED_URLS = 1024
+
 # RFC 6052 well-known NAT64 prefix: the last 32 bits are the IPv4 destination.
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
@@ -170,6 +174,8 @@ class HttpTransport(ClosesOnExit):
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        # URLs already parsed and judged: a worker sends to the same few URLs all day.
+        self._checked: dict[str, tuple[URL, str]] = {}
 
     @property
     def closed(self) -> bool:
@@ -209,6 +215,16 @@ class HttpTransport(ClosesOnExit):
 
     def _check_url(self, raw: str) -> tuple[URL, str]:
         """Parse the URL and judge an IP-literal host here, since aiohttp skips the resolver for those."""
+        checked = self._checked.get(raw)
+        if checked is not None:
+            return checked
+        checked = self._parse_and_judge(raw)
+        if len(self._checked) >= _CHECKED_URLS:
+            self._checked.clear()
+        self._checked[raw] = checked
+        return checked
+
+    def _parse_and_judge(self, raw: str) -> tuple[URL, str]:
         try:
             url = URL(raw)
         except (ValueError, TypeError) as exc:
