@@ -500,6 +500,29 @@ def test_resuming_by_hand_makes_parked_deliveries_due():
 # --- order ----------------------------------------------------------------------------------------
 
 
+def test_a_claim_carries_what_sending_needs_as_stored_and_defers_the_rest():
+    endpoint = backlog(1, cap=10)
+    Delivery.objects.update(attempt_count=2, sequence=7)
+    now = timezone.now()
+    [claim] = outbox.claim(worker_id="w", limit=1, lease=LEASE, now=now)
+    delivery, stored = claim.delivery, Delivery.objects.select_related("event").get()
+    assert (delivery.id, delivery.event_id, delivery.endpoint_id) == (stored.id, stored.event_id, endpoint.id)
+    assert (delivery.attempt_count, delivery.sequence) == (2, 7)
+    leased = ("w", now + LEASE)
+    assert (delivery.lease_owner, delivery.lease_expires_at) == leased
+    assert (stored.lease_owner, stored.lease_expires_at) == leased
+    assert (delivery.event.id, delivery.event.type, delivery.event.body) == (
+        stored.event.id,
+        stored.event.type,
+        stored.event.body,
+    )
+    assert delivery.endpoint == endpoint and delivery.endpoint.url == endpoint.url
+    # Anything else would be a made-up default (a "pending" status, a created_at of now),
+    # so it is deferred: reading it asks the database, which a worker's event loop refuses.
+    assert {"status", "created_at", "next_attempt_at"} <= delivery.get_deferred_fields()
+    assert not delivery._state.adding and delivery._state.db == "default"
+
+
 def test_a_claim_takes_the_longest_due_first_whatever_the_ids():
     backlog(10, cap=100)
     rows = list(Delivery.objects.order_by("id"))

@@ -279,6 +279,7 @@ def fan_out(*, using: str = "default", limit: int = 500, now: dt.datetime | None
 
 
 _Statements = TypeVar("_Statements")
+M = TypeVar("M", bound=models.Model)
 _built: dict[tuple[type, str], Any] = {}
 
 
@@ -460,9 +461,12 @@ def claim(
                 cursor.execute(sql.payloads.format(ids=where), id_params)
             rows = {row[0]: row for row in cursor.fetchall()}
     claims = []
+    alias = connection.alias
     for delivery_id, endpoint, send_at, probe in picked:
         _, event_id, attempts, sequence, event_type, payload = rows[delivery_id]
-        delivery = Delivery(
+        delivery = _loaded(
+            Delivery,
+            alias,
             id=delivery_id,
             event_id=event_id,
             endpoint_id=endpoint.id,
@@ -471,11 +475,21 @@ def claim(
             lease_owner=worker_id,
             lease_expires_at=expires,
         )
-        delivery.event = Event(id=event_id, type=event_type, payload=payload)
+        delivery.event = _loaded(Event, alias, id=event_id, type=event_type, payload=payload)
         delivery.endpoint = endpoint
         allowance = 1 if probe else max(_cap(endpoint, max_in_flight) - leases.others.get(endpoint.id, 0), 1)
         claims.append(Claim(delivery=delivery, send_at=send_at, probe=probe, allowance=allowance))
     return claims
+
+
+def _loaded(model: type[M], alias: str, **values: Any) -> M:
+    """A ``model`` instance as read from ``alias`` with just these fields, the others deferred.
+
+    Half of a claim's Python time went to building its instances with keyword
+    arguments, every other field's default included (``created_at`` calling the clock).
+    """
+    fields = model._meta.concrete_fields
+    return model.from_db(alias, values.keys(), [values[f.attname] for f in fields if f.attname in values])
 
 
 def _endpoints(connection: BaseDatabaseWrapper, sql: _ClaimSQL, ids: Collection[int]) -> dict[int, Endpoint]:
