@@ -9,7 +9,7 @@ import threading
 from typing import Any
 
 import pytest
-from django.db import connection, connections
+from django.db import DataError, connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -531,3 +531,72 @@ def test_a_claim_takes_the_longest_due_first_whatever_the_ids():
         Delivery.objects.filter(id=delivery.id).update(next_attempt_at=NOW - dt.timedelta(minutes=place))
     claims = outbox.claim(worker_id="w", limit=3, lease=LEASE)
     assert ids(claims) == [rows[9].id, rows[8].id, rows[7].id]
+
+
+# --- salvaging a batch the database refuses ------------------------------------------------------
+
+
+def test_salvage_records_each_result_whole_when_it_can_and_stripped_when_it_cannot():
+    delivered = Decision(Verdict.DELIVERED, None, "")
+    good, bad, other = (
+        dataclasses.replace(r, status_code=200, error="", decision=delivered)
+        for r in results_for(leased_deliveries(3))
+    )
+    # A lone surrogate: SQLite's driver cannot encode it, PostgreSQL's JSON refuses it.
+    bad = dataclasses.replace(
+        bad, request_headers={"x-note": "\udcff"}, response_body="\udcff", error="HTTP \udcff"
+    )
+    # SQLite's driver raises UnicodeEncodeError, PostgreSQL a DataError.
+    with pytest.raises((UnicodeEncodeError, DataError)):
+        outbox.record_results([good, bad, other])
+    assert Attempt.objects.count() == 0
+    salvage = outbox.salvage_results([good, bad, other])
+    assert salvage.recorded == [good, other] and salvage.unrecorded == salvage.remaining == []
+    assert [result for result, _ in salvage.stripped] == [bad]
+    stripped = Attempt.objects.get(delivery_id=bad.delivery_id)
+    assert (stripped.request_headers, stripped.response_body, stripped.status_code) == ({}, "", 200)
+    assert stripped.error.startswith("HTTP \\udcff; attempt details not stored: the database refused them")
+    whole = Attempt.objects.get(delivery_id=good.delivery_id)
+    assert whole.response_body == '{"ok": "é"}' and whole.request_headers == good.request_headers
+    assert set(Delivery.objects.values_list("status", flat=True)) == {Delivery.Status.DELIVERED}
+
+
+def test_salvage_leaves_out_a_result_no_database_can_store_and_its_delivery_keeps_its_lease():
+    claims = leased_deliveries(2)
+    kept, impossible = results_for(claims)
+    impossible = dataclasses.replace(impossible, number=2**64)  # no integer column holds it
+    salvage = outbox.salvage_results([impossible, kept])
+    assert salvage.recorded == [kept] and salvage.stripped == [] and salvage.remaining == []
+    assert [result for result, _ in salvage.unrecorded] == [impossible]
+    left = Delivery.objects.get(id=impossible.delivery_id)
+    assert (left.status, left.attempt_count, left.lease_owner) == (Delivery.Status.PENDING, 0, "w")
+    assert not Attempt.objects.filter(delivery_id=impossible.delivery_id).exists()
+    assert Delivery.objects.get(id=kept.delivery_id).status == Delivery.Status.DELIVERED
+
+
+@pytest.mark.skipif(not ON_POSTGRESQL, reason="ends the connection with pg_terminate_backend")
+def test_salvage_stops_when_the_database_goes_away_and_returns_the_results_not_tried():
+    from hookpost import signals
+
+    claims = leased_deliveries(3)
+    results = [
+        dataclasses.replace(r, decision=Decision(Verdict.DELIVERED, None, "")) for r in results_for(claims)
+    ]
+    pid = connection.cursor().connection.info.backend_pid
+
+    def terminate(**kwargs: Any) -> None:
+        # After the first result commits, the server ends this connection, as a restart would.
+        killer = connection.get_new_connection(connection.get_connection_params())
+        try:
+            killer.execute("SELECT pg_terminate_backend(%s)", [pid])
+        finally:
+            killer.close()
+
+    signals.delivery_succeeded.connect(terminate, weak=False, dispatch_uid="test-terminate")
+    try:
+        salvage = outbox.salvage_results(results)
+    finally:
+        signals.delivery_succeeded.disconnect(dispatch_uid="test-terminate")
+        connection.close()
+    assert salvage.recorded == results[:1]
+    assert salvage.remaining == results[1:] and salvage.stripped == salvage.unrecorded == []

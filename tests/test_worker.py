@@ -639,3 +639,33 @@ def test_an_endpoint_deleted_while_its_request_is_out_does_not_stop_the_worker(r
     assert (delivery.endpoint_id, delivery.status) == (kept.id, Delivery.Status.DELIVERED)
     assert [a.delivery_id for a in Attempt.objects.all()] == [delivery.id]
     assert [call["endpoint_id"] for call in seen] == [kept.id]
+
+
+def test_a_result_the_database_refuses_is_recorded_stripped_and_the_rest_of_its_batch_whole():
+    # A transport's error text with a lone surrogate: SQLite's driver cannot encode it and
+    # PostgreSQL's JSON refuses it. The batch once failed as a whole: on SQLite the error
+    # ended the worker; on PostgreSQL every flush failed again, for ever.
+    from hookpost.transports import TransportError
+    from hookpost.transports.memory import MemoryTransport
+
+    transport = MemoryTransport()
+    transport.script("https://bad.example.com/x", TransportError("reset by \udcff peer"), 200)
+    transport.script("https://good.example.com/x", 200)
+    bad = Endpoint.objects.create(url="https://bad.example.com/x", event_types=["*"], retry_schedule=[0, 0])
+    good = Endpoint.objects.create(url="https://good.example.com/x", event_types=["*"])
+    Author.objects.create(name="a")
+    worker = Worker(transport=transport, poll_interval=0.01, concurrency=10)
+    thread = threading.Thread(target=worker.run, kwargs={"burst": True})
+    thread.start()
+    thread.join(timeout=30)
+    if thread.is_alive():
+        worker.stop()
+        thread.join(timeout=30)
+        pytest.fail("the worker did not get past the result it could not record")
+    assert set(Delivery.objects.values_list("status", flat=True)) == {Delivery.Status.DELIVERED}
+    failed, succeeded = Attempt.objects.filter(delivery__endpoint=bad).order_by("number")
+    assert failed.status_code is None and failed.request_headers == {} and failed.response_body == ""
+    assert failed.error.startswith("TransportError: reset by \\udcff peer; attempt details not stored")
+    assert succeeded.error == "" and succeeded.request_headers["webhook-id"]
+    [whole] = Attempt.objects.filter(delivery__endpoint=good)
+    assert whole.request_headers["webhook-id"] and whole.status_code == 200

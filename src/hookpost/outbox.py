@@ -10,15 +10,16 @@ transaction is open there.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
-from django.db import connections, models, transaction
+from django.db import InterfaceError, OperationalError, connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import F, Q
 from django.dispatch import Signal
@@ -842,6 +843,77 @@ def record_results(
         notices.extend(_delivery_notices([r for r in results if r.delivery_id in logged]))
         notices.extend(_update_health(using, results, now, breaker, disable_after))
     transaction.on_commit(lambda: [notice() for notice in notices], using=using)
+
+
+#: Errors that mean the database is away or the connection broke, not that a batch holds
+#: something the database cannot store: a batch failing with one is simply tried again.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
+
+# How much of an unstorable error message a stripped attempt keeps.
+_STRIPPED_ERROR_CHARS = 2000
+
+
+@dataclass
+class Salvage:
+    """What :func:`salvage_results` did with each result of a batch the database refused."""
+
+    #: Recorded as they were.
+    recorded: list[AttemptResult] = field(default_factory=list)
+    #: Recorded without their details (headers, body), with what refused them.
+    stripped: list[tuple[AttemptResult, Exception]] = field(default_factory=list)
+    #: Not recorded at all: the delivery keeps its lease, and is sent again when it expires.
+    unrecorded: list[tuple[AttemptResult, Exception]] = field(default_factory=list)
+    #: Not tried: the database went away meanwhile. Record them later.
+    remaining: list[AttemptResult] = field(default_factory=list)
+
+
+def salvage_results(
+    results: Sequence[AttemptResult],
+    *,
+    using: str = "default",
+    breaker: Breaker | None = None,
+    disable_after: dt.timedelta = dt.timedelta(days=5),
+) -> Salvage:
+    """Record a batch :func:`record_results` failed on, one result at a time: one bad result blocks no other.
+
+    A result refused on its own is recorded again stripped of what could not be
+    stored: no request headers or response body, its error text reduced to ASCII
+    with the reason appended. Its delivery still moves on (delivered, retried, dead),
+    and its answer counts towards the endpoint's health. A result refused even then
+    is left out. A transient error (the database gone) stops the salvage; the results
+    not tried yet are returned in ``remaining``.
+    """
+    salvage = Salvage()
+    record = partial(record_results, using=using, breaker=breaker, disable_after=disable_after)
+    for index, result in enumerate(results):
+        try:
+            try:
+                record([result])
+                salvage.recorded.append(result)
+                continue
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception as exc:
+                refused = exc
+            try:
+                record([_stripped(result, refused)])
+                salvage.stripped.append((result, refused))
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception as exc:
+                salvage.unrecorded.append((result, exc))
+        except TRANSIENT_ERRORS:
+            salvage.remaining = list(results[index:])
+            break
+    return salvage
+
+
+def _stripped(result: AttemptResult, refused: Exception) -> AttemptResult:
+    """``result`` with only what any database stores: no headers or body, the error in ASCII."""
+    reason = f"attempt details not stored: the database refused them ({type(refused).__name__})"
+    error = result.error.encode("ascii", "backslashreplace").decode("ascii").replace("\x00", "")
+    error = f"{error[:_STRIPPED_ERROR_CHARS]}; {reason}" if error else reason
+    return dataclasses.replace(result, request_headers={}, response_body="", error=error)
 
 
 class _RecordSQL:

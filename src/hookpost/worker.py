@@ -490,15 +490,27 @@ class Worker:
         self._last_flush = time.monotonic()
         if not results:
             return
+        record = partial(
+            self._call,
+            using=self.using,
+            breaker=self.breaker,
+            disable_after=self.disable_after,
+            executor=self._recorder,
+        )
+        unrecorded: list[outbox.AttemptResult] = []
         try:
-            await self._call(
-                outbox.record_results,
-                results,
-                using=self.using,
-                breaker=self.breaker,
-                disable_after=self.disable_after,
-                executor=self._recorder,
-            )
+            try:
+                await record(outbox.record_results, results)
+            except outbox.TRANSIENT_ERRORS:
+                raise
+            except Exception:
+                # Not the database being away but something in this batch it cannot store:
+                # tried again as it is, the batch would fail on every flush, forever.
+                logger.exception("recording %d results failed; recording them one by one", len(results))
+                salvage = await record(outbox.salvage_results, results)
+                unrecorded = self._report(salvage)
+                self._results[:0] = salvage.remaining
+                results = results[: len(results) - len(salvage.remaining)]
         except BaseException:
             # Not recorded: keep them for the next flush (the leases still hold them).
             self._results[:0] = results
@@ -506,9 +518,32 @@ class Worker:
         finally:
             if self._wake is not None:
                 self._wake.set()
-        self._leased.difference_update(r.delivery_id for r in results)
+        # An unrecorded delivery keeps its lease (released at shutdown, else it expires).
+        kept = {r.delivery_id for r in unrecorded}
+        self._leased.difference_update(r.delivery_id for r in results if r.delivery_id not in kept)
         self._failing.subtract(r.endpoint_id for r in results if r.decision.verdict is not Verdict.DELIVERED)
         self._settled.difference_update(r.delivery_id for r in results)
+
+    def _report(self, salvage: outbox.Salvage) -> list[outbox.AttemptResult]:
+        """Log what a salvage could not record as it was; return the results not recorded at all."""
+        for result, exc in salvage.stripped:
+            logger.error(
+                "delivery %s: attempt %d recorded without its details, which the database refused: %s: %s",
+                result.delivery_id,
+                result.number,
+                type(exc).__name__,
+                exc,
+            )
+        for result, exc in salvage.unrecorded:
+            logger.error(
+                "delivery %s: attempt %d could not be recorded (%s: %s); "
+                "it is sent again when its lease expires",
+                result.delivery_id,
+                result.number,
+                type(exc).__name__,
+                exc,
+            )
+        return [result for result, _ in salvage.unrecorded]
 
     async def _shutdown(self, tasks: set[asyncio.Task[None]]) -> None:
         """Let in-flight requests finish (they are bounded by their timeouts), then settle."""
