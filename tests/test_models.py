@@ -341,3 +341,51 @@ def test_deleting_an_endpoint_takes_its_replayed_deliveries_with_it():
     assert replay.replay_of_id == delivery.pk
     endpoint.delete()
     assert not Delivery.objects.exists() and not Endpoint.objects.exists()
+
+
+def indexes(model: type) -> list[tuple[str, ...]]:
+    """The column lists of ``model``'s table's indexes, primary key left out, as the database reports them."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        found = connection.introspection.get_constraints(cursor, model._meta.db_table)
+    kept = [spec for spec in found.values() if (spec["index"] or spec["unique"]) and not spec["primary_key"]]
+    return sorted(tuple(spec["columns"]) for spec in kept)
+
+
+LEAN_DELIVERY_INDEXES = [
+    ("endpoint_id", "status"),  # an endpoint's deliveries, and its foreign key
+    ("event_id",),  # an event's deliveries (deleting events)
+    ("event_id", "endpoint_id"),  # one original delivery per event and endpoint
+    ("lease_expires_at",),  # what is in flight
+    ("next_attempt_at", "id"),  # due first attempts
+    ("next_attempt_at", "id"),  # due retries
+    ("replay_of_id",),  # a delivery's replays, NULL left out
+]
+
+
+def test_the_delivery_table_carries_only_the_indexes_its_queries_use():
+    # Each one is written for every delivery three times (fan-out, lease, outcome): no
+    # automatic foreign-key index doubling another, no LIKE twin of a varchar column.
+    assert indexes(Delivery) == LEAN_DELIVERY_INDEXES
+    # Events are looked up by exact id only: their varchar primary key has no LIKE twin.
+    assert indexes(Event) == [("occurred_at", "id")]  # what is left to fan out
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migration_0007_reverses_to_the_automatic_foreign_key_indexes_and_back():
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    executor.migrate([("hookpost", "0006_replay_cascade")])
+    try:
+        before = indexes(Delivery)
+        assert {("endpoint_id",), ("event_id",), ("replay_of_id",)} <= set(before)
+        if connection.vendor == "postgresql":
+            assert ("id",) in indexes(Event)  # the LIKE twin of the primary key
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.loader.build_graph()
+        executor.migrate(executor.loader.graph.leaf_nodes())
+    assert indexes(Delivery) == LEAN_DELIVERY_INDEXES
