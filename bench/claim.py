@@ -31,6 +31,7 @@ def seed(held: int, due: int) -> Any:
     """A healthy endpoint with ``due`` deliveries and a dead one with ``held``; returns the dead one."""
     from django.core.management import call_command
     from django.db import connection
+    from django.utils import timezone
 
     from hookpost import outbox
     from hookpost.models import Attempt, Delivery, Endpoint, Event
@@ -42,7 +43,7 @@ def seed(held: int, due: int) -> Any:
     dead = Endpoint.objects.create(url="http://127.0.0.1:9/dead", event_types=["dead.*"], max_in_flight=10)
     Endpoint.objects.create(url="http://127.0.0.1:9/ok", event_types=["ok.*"], max_in_flight=10_000)
     # The dead endpoint's backlog is older than the healthy one's: it sits at the head of the queue.
-    then = outbox.timezone.now() - dt.timedelta(minutes=5)
+    then = timezone.now() - dt.timedelta(minutes=5)
     for start in range(0, held, 5000):
         count = min(5000, held - start)
         outbox.record_events(
@@ -58,10 +59,12 @@ def seed(held: int, due: int) -> Any:
 
 def open_circuit(dead: Any) -> None:
     """Fail the dead endpoint's first requests through ``record_results``: its circuit opens."""
+    from django.utils import timezone
+
     from hookpost import outbox
     from hookpost.retry import Breaker, Decision, Verdict
 
-    now = outbox.timezone.now()
+    now = timezone.now()
     claims = [
         c for c in outbox.claim(worker_id="dead", limit=100, lease=LEASE) if c.delivery.endpoint_id == dead.id
     ]

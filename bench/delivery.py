@@ -62,9 +62,9 @@ def configure_django() -> None:
 def set_hookpost_logging(level: int, path: str | None = None) -> None:
     """Send ``hookpost`` records at ``level`` and above to stderr, or to the file ``path``."""
     logger = logging.getLogger("hookpost")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+        old.close()
     handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     logger.addHandler(handler)
@@ -400,11 +400,9 @@ def _time_outbox_calls() -> list[DbCall]:
 
         return wrapper
 
-    outbox.fan_out = timed("fan_out", outbox.fan_out, lambda r, a: r)  # type: ignore[assignment]
-    outbox.claim = timed("claim", outbox.claim, lambda r, a: len(r))  # type: ignore[assignment]
-    outbox.record_results = timed(  # type: ignore[assignment]
-        "record_results", outbox.record_results, lambda r, a: len(a[0])
-    )
+    outbox.fan_out = timed("fan_out", outbox.fan_out, lambda r, a: r)
+    outbox.claim = timed("claim", outbox.claim, lambda r, a: len(r))
+    outbox.record_results = timed("record_results", outbox.record_results, lambda r, a: len(a[0]))
     return calls
 
 
