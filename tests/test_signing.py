@@ -9,6 +9,7 @@ import hmac
 import json
 import os
 import pickle
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -667,6 +668,14 @@ def test_key_classes_validate_their_material(make_key, reason):
 def test_sign_rejects_invalid_message_ids(msg_id, reason):
     with pytest.raises(ValueError, match=reason):
         sign(msg_id, TIMESTAMP, BODY, [SECRET])
+
+
+def test_sign_rejects_a_message_id_holding_any_whitespace_python_knows():
+    spaces = [char for char in map(chr, range(sys.maxunicode + 1)) if char.isspace()]
+    assert len(spaces) > 20
+    for char in spaces:
+        with pytest.raises(ValueError, match="whitespace"):
+            sign(f"msg{char}1", TIMESTAMP, BODY, [SECRET])
 
 
 @pytest.mark.parametrize(
