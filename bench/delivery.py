@@ -328,6 +328,7 @@ class Run:
     machine: float  # share of all CPUs busy
     db: list[DbCall] | None = None  # worker only: outbox calls on its database thread
     database_cpu: float = 0.0  # worker only: CPU seconds of the PostgreSQL backends
+    threads: dict[str, float] | None = None  # worker only: CPU seconds by thread
 
     @property
     def rate(self) -> float:
@@ -425,6 +426,65 @@ def db_summary(calls: list[DbCall], seconds: float, window: tuple[float, float] 
     return f"    database thread busy {busy / seconds:.0%}: " + "; ".join(parts)
 
 
+class ThreadCpu:
+    """CPU seconds each thread of this process uses while the block runs, by thread name (Linux ``/proc``).
+
+    The worker's database threads end with ``run()``, and a thread's time can only be read
+    while it lives, so a thread samples every 10 ms and keeps each thread's last reading.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._first: dict[int, float] = {}
+        self._last: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="bench-thread-cpu", daemon=True)
+
+    def __enter__(self) -> ThreadCpu:
+        self._sample()
+        self._first = {tid: cpu for tid, (_, cpu) in self._last.items()}
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        for tid, (name, cpu) in self._last.items():
+            if tid != self._thread.native_id:
+                self.seconds[name] = self.seconds.get(name, 0.0) + cpu - self._first.get(tid, 0.0)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.01):
+            self._sample()
+
+    def _sample(self) -> None:
+        for thread in threading.enumerate():
+            if thread.native_id is None:
+                continue
+            try:
+                stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            # Thread pools number their threads (hookpost-db_0): the pool is the name.
+            name = thread.name.rsplit("_", 1)[0] if thread.name.startswith("hookpost-") else thread.name
+            self._last[thread.native_id] = (name, (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS)
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+#: The worker's threads as the budget line names them.
+_THREAD_ROLES = {
+    "MainThread": "event loop",
+    "hookpost-db": "claiming",
+    "hookpost-record": "recording",
+    "hookpost-fanout": "fan-out",
+    "hookpost-listen": "listening",
+    "hookpost-inbox": "inbox",
+}
+
+
 def worker_burst(
     concurrency: int, batch_size: int, log_path: str | None, profile: str | None
 ) -> dict[str, Any]:
@@ -442,7 +502,8 @@ def worker_burst(
         worker._db.submit(db_profile.enable).result()
         loop_profile.enable()
     cpu0, start = _cpu_self(), time.perf_counter()
-    stats = worker.run(burst=True)
+    with ThreadCpu() as threads:
+        stats = worker.run(burst=True)
     seconds, cpu = time.perf_counter() - start, _cpu_self() - cpu0
     if loop_profile and db_profile and profile:
         loop_profile.disable()
@@ -455,6 +516,7 @@ def worker_burst(
         "delivered": stats.delivered,
         "failed": stats.failed,
         "db": db_calls,
+        "threads": threads.seconds,
     }
 
 
@@ -489,6 +551,7 @@ def run_hookpost(
         load["machine"],
         result["db"],
         database.seconds,
+        result["threads"],
     )
 
 
@@ -693,6 +756,9 @@ def print_cpu_budget(hookpost_runs: list[Run], bare_runs: list[Run], bare_rate: 
         f"  CPU per delivery: worker {worker:.0f} µs + PostgreSQL {database:.0f} µs "
         f"+ receiver {receiver:.0f} µs = {total:.0f} µs"
     )
+    split = worker_threads_us(hookpost_runs)
+    if split:
+        print("    the worker's: " + ", ".join(f"{role} {us:.0f} µs" for role, us in split))
     print(
         f"  CPU per bare request: client {client:.0f} µs + receiver {bare_receiver:.0f} µs "
         f"= {client + bare_receiver:.0f} µs"
@@ -701,6 +767,16 @@ def print_cpu_budget(hookpost_runs: list[Run], bare_runs: list[Run], bare_rate: 
         f"  {cpus} CPUs all busy would allow {ceiling:,.0f} deliveries/s at that cost: "
         f"{ceiling / bare_rate:.2f} of the bare median"
     )
+
+
+def worker_threads_us(runs: list[Run]) -> list[tuple[str, float]]:
+    """The worker's CPU per delivery by thread role (median over ``runs``), the largest first."""
+    samples: dict[str, list[float]] = {}
+    for run in runs:
+        for name, seconds in (run.threads or {}).items():
+            samples.setdefault(_THREAD_ROLES.get(name, name), []).append(seconds * 1e6 / run.count)
+    medians = [(role, statistics.median(values)) for role, values in samples.items()]
+    return sorted((item for item in medians if item[1] >= 1), key=lambda item: -item[1])
 
 
 # --- main -----------------------------------------------------------------------------------
