@@ -16,8 +16,8 @@ from django.test.utils import override_settings
 from django.urls import reverse
 from django.utils import timezone
 
-from hookpost import signing
-from hookpost.models import Attempt, Delivery, Endpoint, Event
+from hookpost import admin, outbox, signing
+from hookpost.models import PAUSE_SHIFT, Attempt, Delivery, Endpoint, Event
 from hookpost.registry import registry
 from hookpost.worker import Worker
 from library.models import Author
@@ -1227,3 +1227,19 @@ def test_a_password_in_an_endpoint_url_is_masked_in_lists_and_str(admin_client):
     assert Endpoint(url="https://e.example.com/in").display_url == "https://e.example.com/in"
     page = admin_client.get(reverse("admin:hookpost_endpoint_changelist")).content.decode()
     assert "hook:***@e.example.com" in page and "hunter2" not in page
+
+
+def test_a_paused_endpoints_delivery_shows_when_it_will_be_due_not_the_parked_time(admin_client):
+    endpoint = make_endpoint()
+    due = timezone.now() + dt.timedelta(minutes=5)
+    delivery = make_delivery(make_event(), endpoint, Status.PENDING, next_attempt_at=due)
+    outbox.pause_endpoint(endpoint)
+    shown = admin._when(due)
+    listing = page(admin_client, url("delivery_changelist"))
+    detail = page(admin_client, url("delivery_change", delivery.pk))
+    for html in (listing, detail):
+        assert f"{shown} (endpoint paused)" in html
+        assert admin._when(due + PAUSE_SHIFT) not in html
+    outbox.resume_endpoint(endpoint)
+    listing = page(admin_client, url("delivery_changelist"))
+    assert shown in listing and "(endpoint paused)" not in listing

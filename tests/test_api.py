@@ -811,3 +811,18 @@ def test_the_schema_is_served_with_only_the_apis_operations(alice):
         "/api/endpoints/{id}/rotate-secret/",
     } <= set(schema["paths"])
     assert "/api/schema/" not in schema["paths"]
+
+
+def test_a_paused_endpoints_delivery_shows_when_it_will_be_due_and_that_it_waits(alice):
+    e = create(alice)["id"]
+    endpoint = Endpoint.objects.get(pk=e)
+    delivery = outbox.send_test_event(endpoint)
+    due = Delivery.objects.get(pk=delivery.pk).next_attempt_at
+    outbox.pause_endpoint(endpoint)
+    [shown] = alice.get(f"/endpoints/{e}/deliveries/").json()["results"]
+    assert shown["paused"] is True
+    assert dt.datetime.fromisoformat(shown["next_attempt_at"].replace("Z", "+00:00")) == due
+    outbox.resume_endpoint(endpoint)
+    [shown] = alice.get(f"/endpoints/{e}/deliveries/").json()["results"]
+    assert shown["paused"] is False
+    assert dt.datetime.fromisoformat(shown["next_attempt_at"].replace("Z", "+00:00")) == due

@@ -14,7 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from hookpost import outbox
-from hookpost.models import Attempt, Delivery, Endpoint, Event
+from hookpost.models import PAUSE_SHIFT, Attempt, Delivery, Endpoint, Event
 from hookpost.retry import Breaker, Decision, Verdict
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -605,3 +605,71 @@ def test_salvage_stops_when_the_database_goes_away_and_returns_the_results_not_t
         connection.close()
     assert salvage.recorded == results[:1]
     assert salvage.remaining == results[1:] and salvage.stripped == salvage.unrecorded == []
+
+
+# --- a paused endpoint's deliveries are set aside ------------------------------------------------
+
+
+def test_pausing_sets_pending_deliveries_aside_and_resuming_brings_back_their_own_due_times():
+    endpoint = backlog(3, cap=10)
+    other = Endpoint.objects.create(url="http://127.0.0.1:9/other", event_types=["*"])
+    first, second, third = Delivery.objects.filter(endpoint=endpoint).order_by("id")
+    Delivery.objects.filter(id=second.id).update(attempt_count=1, next_attempt_at=NOW + dt.timedelta(hours=5))
+    Delivery.objects.filter(id=third.id).update(status=Delivery.Status.DELIVERED)
+    due = dict(Delivery.objects.values_list("id", "next_attempt_at"))
+
+    outbox.pause_endpoint(endpoint)
+    outbox.pause_endpoint(endpoint)  # twice: set aside once
+    moved = dict(Delivery.objects.values_list("id", "next_attempt_at"))
+    assert moved[first.id] == due[first.id] + PAUSE_SHIFT
+    assert moved[second.id] == due[second.id] + PAUSE_SHIFT
+    assert moved[third.id] == due[third.id]  # finished: untouched
+    assert Delivery.objects.due().filter(endpoint=endpoint).count() == 0
+    paused = Delivery.objects.get(id=second.id)
+    assert paused.paused and paused.due_at == due[second.id]
+    # A new event for it is born set aside too; the other endpoint's is due at once.
+    outbox.record_events("default", [outbox.EventDraft("a.new", "{}", NOW)])
+    outbox.fan_out(now=NOW)
+    born = Delivery.objects.get(event__type="a.new", endpoint=endpoint)
+    assert born.paused and born.due_at == NOW
+    assert not Delivery.objects.get(event__type="a.new", endpoint=other).paused
+
+    endpoint.refresh_from_db()
+    outbox.resume_endpoint(endpoint)
+    outbox.resume_endpoint(endpoint)  # twice: brought back once
+    back = dict(Delivery.objects.values_list("id", "next_attempt_at"))
+    assert {i: back[i] for i in due} == due
+    assert (
+        back[born.id] == NOW
+        and not Delivery.objects.filter(endpoint=endpoint)
+        .filter(next_attempt_at__gt=NOW + dt.timedelta(days=1))
+        .exists()
+    )
+
+
+def test_a_paused_endpoints_backlog_is_not_in_the_queue_a_claim_walks():
+    paused = backlog(50, cap=100)
+    outbox.pause_endpoint(paused)
+    healthy = Endpoint.objects.create(url="http://127.0.0.1:9/ok", event_types=["ok.*"], max_in_flight=100)
+    outbox.record_events("default", [outbox.EventDraft(f"ok.e{i}", "{}", NOW) for i in range(3)])
+    outbox.fan_out(now=NOW)
+    # The due queue holds the healthy endpoint's three and nothing of the paused one's 50.
+    assert Delivery.objects.filter(next_attempt_at__lte=timezone.now()).count() == 3
+    claims = outbox.claim(worker_id="w", limit=10, lease=LEASE)
+    assert {c.delivery.endpoint_id for c in claims} == {healthy.id} and len(claims) == 3
+
+
+def test_a_replay_or_test_event_for_a_paused_endpoint_waits_set_aside_with_its_other_deliveries():
+    active = Endpoint.objects.create(url="http://127.0.0.1:9/active", event_types=["*"])
+    paused = backlog(1, cap=10)
+    Delivery.objects.update(status=Delivery.Status.DEAD)
+    outbox.pause_endpoint(paused)
+    replays = outbox.replay(Delivery.objects.all(), now=NOW)
+    assert {r.endpoint_id: r.next_attempt_at for r in replays} == {
+        paused.id: NOW + PAUSE_SHIFT,
+        active.id: NOW,
+    }
+    test = outbox.send_test_event(paused, now=NOW)
+    assert test.next_attempt_at == NOW + PAUSE_SHIFT and test.paused and test.due_at == NOW
+    outbox.resume_endpoint(paused)
+    assert set(Delivery.objects.pending().values_list("next_attempt_at", flat=True)) == {NOW}

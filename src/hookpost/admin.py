@@ -1102,7 +1102,7 @@ class DeliveryAdmin(ObjectPkSearchMixin, ReadOnlyMixin, ObjectToolsMixin, _Deliv
         "attempt_count",
         "created_at",
         "last_attempt_at",
-        "next_attempt_at",
+        "next_attempt",
     )
     list_select_related = ("event", "endpoint")
     list_filter = ("status", DeliveryEventTypeFilter, "endpoint")
@@ -1119,7 +1119,7 @@ class DeliveryAdmin(ObjectPkSearchMixin, ReadOnlyMixin, ObjectToolsMixin, _Deliv
         "sequence",
         "replay_of",
         "created_at",
-        "next_attempt_at",
+        "next_attempt",
         "last_attempt_at",
         "finished_at",
         "lease_owner",
@@ -1154,6 +1154,12 @@ class DeliveryAdmin(ObjectPkSearchMixin, ReadOnlyMixin, ObjectToolsMixin, _Deliv
     def status_badge(self, obj: Delivery) -> SafeString:
         """The status as a coloured badge."""
         return _badge(obj.status, obj.get_status_display())
+
+    @admin.display(description="next attempt at", ordering="next_attempt_at")
+    def next_attempt(self, obj: Delivery) -> str:
+        """When it is due; for a paused endpoint's delivery, when it will be once resumed."""
+        shown = _when(obj.due_at)
+        return f"{shown} (endpoint paused)" if obj.paused else shown
 
     @admin.display(description="payload")
     def pretty_payload(self, obj: Delivery) -> SafeString:

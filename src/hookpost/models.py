@@ -407,6 +407,11 @@ class DeliveryQuerySet(models.QuerySet["Delivery"]):
         return self.filter(status=Delivery.Status.CANCELLED)
 
 
+#: How far a paused endpoint's pending deliveries are moved ahead while it is paused: out
+#: of the due queue every claim walks, with their own due times kept (less this) for resuming.
+PAUSE_SHIFT = dt.timedelta(days=36525)
+
+
 class Delivery(models.Model):
     """One event on its way to one endpoint; every HTTP request for it is an ``Attempt``."""
 
@@ -483,6 +488,19 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_id} → endpoint {self.endpoint_id} ({self.status})"
+
+    @property
+    def paused(self) -> bool:
+        """Whether this delivery is set aside while its endpoint is paused."""
+        return self.next_attempt_at is not None and self.next_attempt_at > timezone.now() + PAUSE_SHIFT / 2
+
+    @property
+    def due_at(self) -> dt.datetime | None:
+        """When the delivery is due: ``next_attempt_at``, or for a paused one, when it will be on resuming."""
+        if self.paused:
+            assert self.next_attempt_at is not None
+            return self.next_attempt_at - PAUSE_SHIFT
+        return self.next_attempt_at
 
 
 class AttemptQuerySet(models.QuerySet["Attempt"]):

@@ -28,7 +28,7 @@ from django.utils import timezone
 from hookpost import signals
 from hookpost.conf import hookpost_settings
 from hookpost.events import Frame, new_message_ids, type_matches
-from hookpost.models import Attempt, Delivery, Endpoint, Event
+from hookpost.models import PAUSE_SHIFT, Attempt, Delivery, Endpoint, Event
 from hookpost.retry import Breaker, Decision, Verdict, should_disable
 
 logger = logging.getLogger("hookpost.outbox")
@@ -225,16 +225,18 @@ def fan_out(*, using: str = "default", limit: int = 500, now: dt.datetime | None
         endpoints = list(
             Endpoint.objects.using(using)
             .exclude(status=Endpoint.Status.DISABLED)
-            .values_list("id", "event_types", "fifo", "blocked_until")
+            .values_list("id", "event_types", "fifo", "blocked_until", "status")
         )
         # (event id, endpoint id, sequence, due) per delivery, in event order.
         rows: list[list[Any]] = []
         fifo_counts: dict[int, int] = {}
         for event_id, event_type in batch:
-            for endpoint_id, patterns, fifo, blocked_until in endpoints:
+            for endpoint_id, patterns, fifo, blocked_until, status in endpoints:
                 if any(type_matches(pattern, event_type) for pattern in patterns):
                     # An open circuit's new deliveries are born parked at its probe time (see _park).
                     due = blocked_until if blocked_until is not None and blocked_until > now else now
+                    if status == Endpoint.Status.PAUSED:
+                        due = due + PAUSE_SHIFT  # out of the due queue until resumed (pause_endpoint)
                     rows.append([event_id, endpoint_id, None, due])
                     if fifo:
                         fifo_counts[endpoint_id] = fifo_counts.get(endpoint_id, 0) + 1
@@ -1307,18 +1309,40 @@ def send_test_event(
             rows: list[list[Any]] = [[event.id, endpoint.pk, None]]
             _number_fifo_deliveries(using, rows, {endpoint.pk: 1})
             sequence = rows[0][2]
+        due = now + PAUSE_SHIFT if endpoint.status == Endpoint.Status.PAUSED else now
         delivery = Delivery.objects.using(using).create(
-            event=event, endpoint_id=endpoint.pk, sequence=sequence, next_attempt_at=now, created_at=now
+            event=event, endpoint_id=endpoint.pk, sequence=sequence, next_attempt_at=due, created_at=now
         )
         signals.events_recorded.send(sender=Event, using=using)
     return delivery
 
 
 def pause_endpoint(endpoint: Endpoint, *, using: str = "default") -> None:
-    """Stop sending to ``endpoint``: its deliveries wait (new events still queue for it)."""
+    """Stop sending to ``endpoint``: its deliveries wait (new events still queue for it).
+
+    Its pending deliveries move ``PAUSE_SHIFT`` ahead, out of the due queue: left due,
+    they stayed at the head of the index every claim walks, and a paused endpoint's
+    growing backlog slowed every other endpoint's claims. Resuming moves them back.
+    """
     endpoint.status = Endpoint.Status.PAUSED
     endpoint.status_reason = "paused by an operator"
-    endpoint.save(using=using, update_fields=["status", "status_reason", "updated_at"])
+    with transaction.atomic(using=using):
+        endpoint.save(using=using, update_fields=["status", "status_reason", "updated_at"])
+        _shift_pending(using, endpoint.id, PAUSE_SHIFT)
+
+
+def _shift_pending(using: str, endpoint_id: int, shift: dt.timedelta) -> int:
+    """Move ``endpoint_id``'s pending deliveries by ``shift``: ahead when pausing, back when resuming."""
+    # Only those on the near side of the shift: pausing twice, or resuming an endpoint
+    # that was never paused, moves nothing.
+    horizon = timezone.now() + PAUSE_SHIFT / 2
+    pending = Delivery.objects.using(using).filter(endpoint_id=endpoint_id, status=Delivery.Status.PENDING)
+    side = (
+        pending.filter(next_attempt_at__lt=horizon)
+        if shift > dt.timedelta(0)
+        else pending.filter(next_attempt_at__gte=horizon)
+    )
+    return side.update(next_attempt_at=F("next_attempt_at") + shift)
 
 
 def resume_endpoint(endpoint: Endpoint, *, using: str = "default") -> None:
@@ -1346,6 +1370,7 @@ def resume_endpoint(endpoint: Endpoint, *, using: str = "default") -> None:
                 "updated_at",
             ],
         )
+        _shift_pending(using, endpoint.id, -PAUSE_SHIFT)
         if parked_until is not None:
             _unpark(using, endpoint.id, parked_until, timezone.now())
 
@@ -1358,16 +1383,22 @@ def replay(
     Deliveries still pending are skipped: they will be sent anyway. Returns the new rows.
     """
     now = now or timezone.now()
+    done = [d for d in deliveries if d.status != Delivery.Status.PENDING]
+    # A paused endpoint's replays wait set aside with its other deliveries (pause_endpoint).
+    paused = set(
+        Endpoint.objects.using(using)
+        .filter(id__in={d.endpoint_id for d in done}, status=Endpoint.Status.PAUSED)
+        .values_list("id", flat=True)
+    )
     rows = [
         Delivery(
             event_id=d.event_id,
             endpoint_id=d.endpoint_id,
             replay_of_id=d.id,
-            next_attempt_at=now,
+            next_attempt_at=now + PAUSE_SHIFT if d.endpoint_id in paused else now,
             created_at=now,
         )
-        for d in deliveries
-        if d.status != Delivery.Status.PENDING
+        for d in done
     ]
     return Delivery.objects.using(using).bulk_create(rows)
 

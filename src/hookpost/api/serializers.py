@@ -356,6 +356,13 @@ class DeliverySerializer(serializers.ModelSerializer[Delivery]):
     event_id = serializers.CharField(read_only=True, help_text="The webhook-id the endpoint sees.")
     event_type = serializers.CharField(source="event.type", read_only=True)
     status = DeliveryStatusField(read_only=True)
+    next_attempt_at = serializers.DateTimeField(
+        source="due_at",
+        read_only=True,
+        allow_null=True,
+        help_text="When it is due; for a paused endpoint's delivery, when it will be once resumed.",
+    )
+    paused = serializers.BooleanField(read_only=True, help_text="Set aside while its endpoint is paused.")
 
     class Meta:
         model = Delivery
@@ -367,6 +374,7 @@ class DeliverySerializer(serializers.ModelSerializer[Delivery]):
             "status",
             "attempt_count",
             "next_attempt_at",
+            "paused",
             "last_attempt_at",
             "finished_at",
             "created_at",
