@@ -669,3 +669,35 @@ def test_a_result_the_database_refuses_is_recorded_stripped_and_the_rest_of_its_
     assert succeeded.error == "" and succeeded.request_headers["webhook-id"]
     [whole] = Attempt.objects.filter(delivery__endpoint=good)
     assert whole.request_headers["webhook-id"] and whole.status_code == 200
+
+
+@pytest.mark.skipif(
+    "os.environ.get('HOOKPOST_DB') != 'postgresql'", reason="an int column overflowing is PostgreSQL's"
+)
+def test_a_result_no_database_can_store_is_logged_and_its_delivery_keeps_its_lease_until_shutdown(caplog):
+    # Attempt number 2**31 overflows the attempt log's integer column, stripped or not.
+    from hookpost.transports.memory import MemoryTransport
+
+    transport = MemoryTransport()
+    stuck = Endpoint.objects.create(url="https://stuck.example.com/x", event_types=["*"])
+    fine = Endpoint.objects.create(url="https://fine.example.com/x", event_types=["*"])
+    Author.objects.create(name="a")
+    Worker(transport=transport, poll_interval=0.01).run(burst=True)  # fan-out and deliver once
+    Delivery.objects.update(status=Delivery.Status.PENDING, next_attempt_at=timezone.now())
+    Delivery.objects.filter(endpoint=stuck).update(attempt_count=2**31 - 1)
+    Attempt.objects.all().delete()
+    worker = Worker(transport=transport, poll_interval=0.01, concurrency=10)
+    thread = threading.Thread(target=worker.run, kwargs={"burst": True})
+    with caplog.at_level("ERROR", logger="hookpost.worker"):
+        thread.start()
+        thread.join(timeout=30)
+    if thread.is_alive():
+        worker.stop()
+        thread.join(timeout=30)
+        pytest.fail("the worker did not get past the result it could not record")
+    left = Delivery.objects.get(endpoint=stuck)
+    assert (left.status, left.attempt_count) == (Delivery.Status.PENDING, 2**31 - 1)
+    assert left.lease_owner == "" and left.lease_expires_at is None  # released when the burst ended
+    assert not Attempt.objects.filter(delivery=left).exists()
+    assert Delivery.objects.get(endpoint=fine).status == Delivery.Status.DELIVERED
+    assert any(f"delivery {left.id}: attempt {2**31} could not be recorded" in m for m in caplog.messages)
