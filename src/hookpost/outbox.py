@@ -899,25 +899,30 @@ def salvage_results(
     record = partial(record_results, using=using, breaker=breaker, disable_after=disable_after)
     for index, result in enumerate(results):
         try:
-            try:
-                record([result])
+            refused = _refusal(record, result)
+            if refused is None:
                 salvage.recorded.append(result)
                 continue
-            except TRANSIENT_ERRORS:
-                raise
-            except Exception as exc:
-                refused = exc
-            try:
-                record([_stripped(result, refused)])
-                salvage.stripped.append((result, refused))
-            except TRANSIENT_ERRORS:
-                raise
-            except Exception as exc:
-                salvage.unrecorded.append((result, exc))
+            refused_again = _refusal(record, _stripped(result, refused))
         except TRANSIENT_ERRORS:
             salvage.remaining = list(results[index:])
             break
+        if refused_again is None:
+            salvage.stripped.append((result, refused))
+        else:
+            salvage.unrecorded.append((result, refused_again))
     return salvage
+
+
+def _refusal(record: Callable[[list[AttemptResult]], None], result: AttemptResult) -> Exception | None:
+    """Record ``result`` alone: None, or what the database refused it with (transient errors propagate)."""
+    try:
+        record([result])
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:
+        return exc
+    return None
 
 
 def _stripped(result: AttemptResult, refused: Exception) -> AttemptResult:
