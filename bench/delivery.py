@@ -31,7 +31,7 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parent.parent
 for _path in (ROOT / "example", ROOT / "src", ROOT / "bench"):
@@ -254,24 +254,20 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class DatabaseCpu:
-    """CPU seconds the PostgreSQL backends serving ``dbname`` use while the block runs (local server only).
+class _Sampler:
+    """Samples something every 10 ms in a thread while the block runs, so readings of what ends early survive.
 
-    A backend's time can only be read while it lives and the worker's backends exit
-    with it, so a thread samples ``/proc`` every 10 ms and keeps each backend's last reading.
+    A subclass reads in ``_sample`` (keeping each reading's last value) and turns the
+    first and last readings into its result in ``_finish``.
     """
 
-    def __init__(self, dbname: str) -> None:
-        self.marker = f" {dbname} "
-        self.seconds = 0.0
-        self._first: dict[int, float] = {}
-        self._last: dict[int, float] = {}
+    def __init__(self, name: str) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="bench-db-cpu", daemon=True)
+        self._thread = threading.Thread(target=self._poll, name=name, daemon=True)
 
-    def __enter__(self) -> DatabaseCpu:
+    def __enter__(self) -> Self:
         self._sample()
-        self._first = dict(self._last)
+        self._begin()
         self._thread.start()
         return self
 
@@ -279,11 +275,41 @@ class DatabaseCpu:
         self._stop.set()
         self._thread.join()
         self._sample()
-        self.seconds = sum(cpu - self._first.get(pid, 0.0) for pid, cpu in self._last.items())
+        self._finish()
 
     def _poll(self) -> None:
         while not self._stop.wait(0.01):
             self._sample()
+
+    def _sample(self) -> None:
+        raise NotImplementedError
+
+    def _begin(self) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        raise NotImplementedError
+
+
+class DatabaseCpu(_Sampler):
+    """CPU seconds the PostgreSQL backends serving ``dbname`` use while the block runs (local server only).
+
+    A backend's time can only be read while it lives and the worker's backends exit
+    with it, so each backend's last reading is kept.
+    """
+
+    def __init__(self, dbname: str) -> None:
+        super().__init__("bench-db-cpu")
+        self.marker = f" {dbname} "
+        self.seconds = 0.0
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+
+    def _begin(self) -> None:
+        self._first = dict(self._last)
+
+    def _finish(self) -> None:
+        self.seconds = sum(cpu - self._first.get(pid, 0.0) for pid, cpu in self._last.items())
 
     def _sample(self) -> None:
         for entry in Path("/proc").iterdir():
@@ -426,37 +452,26 @@ def db_summary(calls: list[DbCall], seconds: float, window: tuple[float, float] 
     return f"    database thread busy {busy / seconds:.0%}: " + "; ".join(parts)
 
 
-class ThreadCpu:
+class ThreadCpu(_Sampler):
     """CPU seconds each thread of this process uses while the block runs, by thread name (Linux ``/proc``).
 
-    The worker's database threads end with ``run()``, and a thread's time can only be read
-    while it lives, so a thread samples every 10 ms and keeps each thread's last reading.
+    The worker's database threads end with ``run()``, and a thread's time can only be
+    read while it lives, so each thread's last reading is kept.
     """
 
     def __init__(self) -> None:
+        super().__init__("bench-thread-cpu")
         self.seconds: dict[str, float] = {}
         self._first: dict[int, float] = {}
         self._last: dict[int, tuple[str, float]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="bench-thread-cpu", daemon=True)
 
-    def __enter__(self) -> ThreadCpu:
-        self._sample()
+    def _begin(self) -> None:
         self._first = {tid: cpu for tid, (_, cpu) in self._last.items()}
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
+    def _finish(self) -> None:
         for tid, (name, cpu) in self._last.items():
             if tid != self._thread.native_id:
                 self.seconds[name] = self.seconds.get(name, 0.0) + cpu - self._first.get(tid, 0.0)
-
-    def _poll(self) -> None:
-        while not self._stop.wait(0.01):
-            self._sample()
 
     def _sample(self) -> None:
         for thread in threading.enumerate():
