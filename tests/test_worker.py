@@ -641,6 +641,17 @@ def test_an_endpoint_deleted_while_its_request_is_out_does_not_stop_the_worker(r
     assert [call["endpoint_id"] for call in seen] == [kept.id]
 
 
+def burst_or_fail(worker: Worker, timeout: float = 30) -> None:
+    """Run ``worker`` in burst mode; fail the test, stopping it, if it has not finished within ``timeout``."""
+    thread = threading.Thread(target=worker.run, kwargs={"burst": True})
+    thread.start()
+    thread.join(timeout=timeout)
+    if thread.is_alive():
+        worker.stop()
+        thread.join(timeout=timeout)
+        pytest.fail("the worker did not get past the result it could not record")
+
+
 def test_a_result_the_database_refuses_is_recorded_stripped_and_the_rest_of_its_batch_whole():
     # A transport's error text with a lone surrogate: SQLite's driver cannot encode it and
     # PostgreSQL's JSON refuses it. The batch once failed as a whole: on SQLite the error
@@ -654,14 +665,7 @@ def test_a_result_the_database_refuses_is_recorded_stripped_and_the_rest_of_its_
     bad = Endpoint.objects.create(url="https://bad.example.com/x", event_types=["*"], retry_schedule=[0, 0])
     good = Endpoint.objects.create(url="https://good.example.com/x", event_types=["*"])
     Author.objects.create(name="a")
-    worker = Worker(transport=transport, poll_interval=0.01, concurrency=10)
-    thread = threading.Thread(target=worker.run, kwargs={"burst": True})
-    thread.start()
-    thread.join(timeout=30)
-    if thread.is_alive():
-        worker.stop()
-        thread.join(timeout=30)
-        pytest.fail("the worker did not get past the result it could not record")
+    burst_or_fail(Worker(transport=transport, poll_interval=0.01, concurrency=10))
     assert set(Delivery.objects.values_list("status", flat=True)) == {Delivery.Status.DELIVERED}
     failed, succeeded = Attempt.objects.filter(delivery__endpoint=bad).order_by("number")
     assert failed.status_code is None and failed.request_headers == {} and failed.response_body == ""
@@ -686,15 +690,8 @@ def test_a_result_no_database_can_store_is_logged_and_its_delivery_keeps_its_lea
     Delivery.objects.update(status=Delivery.Status.PENDING, next_attempt_at=timezone.now())
     Delivery.objects.filter(endpoint=stuck).update(attempt_count=2**31 - 1)
     Attempt.objects.all().delete()
-    worker = Worker(transport=transport, poll_interval=0.01, concurrency=10)
-    thread = threading.Thread(target=worker.run, kwargs={"burst": True})
     with caplog.at_level("ERROR", logger="hookpost.worker"):
-        thread.start()
-        thread.join(timeout=30)
-    if thread.is_alive():
-        worker.stop()
-        thread.join(timeout=30)
-        pytest.fail("the worker did not get past the result it could not record")
+        burst_or_fail(Worker(transport=transport, poll_interval=0.01, concurrency=10))
     left = Delivery.objects.get(endpoint=stuck)
     assert (left.status, left.attempt_count) == (Delivery.Status.PENDING, 2**31 - 1)
     assert left.lease_owner == "" and left.lease_expires_at is None  # released when the burst ended
