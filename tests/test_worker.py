@@ -690,8 +690,11 @@ def test_a_result_no_database_can_store_is_logged_and_its_delivery_keeps_its_lea
     Delivery.objects.update(status=Delivery.Status.PENDING, next_attempt_at=timezone.now())
     Delivery.objects.filter(endpoint=stuck).update(attempt_count=2**31 - 1)
     Attempt.objects.all().delete()
+    transport.reset()
     with caplog.at_level("ERROR", logger="hookpost.worker"):
         burst_or_fail(Worker(transport=transport, poll_interval=0.01, concurrency=10))
+    # Kept its lease through the burst: sent once, not claimed and sent again.
+    assert [r.url for r in transport.requests].count(stuck.url) == 1
     left = Delivery.objects.get(endpoint=stuck)
     assert (left.status, left.attempt_count) == (Delivery.Status.PENDING, 2**31 - 1)
     assert left.lease_owner == "" and left.lease_expires_at is None  # released when the burst ended
