@@ -364,6 +364,7 @@ class Run:
     db: list[DbCall] | None = None  # worker only: outbox calls on its database thread
     database_cpu: float = 0.0  # worker only: CPU seconds of the PostgreSQL backends
     threads: dict[str, float] | None = None  # worker only: CPU seconds by thread
+    slots: dict[str, float] | None = None  # worker only: how full its send slots were (SendSlots)
 
     @property
     def rate(self) -> float:
@@ -383,8 +384,15 @@ class Run:
         return self.cpu * per, self.database_cpu * per, self.receiver_cpu * per
 
     def db_line(self) -> str:
-        """Where the worker's database thread spent the run."""
-        return db_summary(self.db, self.seconds) if self.db else ""
+        """Where the worker's database thread spent the run, and how full its send slots were."""
+        line = db_summary(self.db, self.seconds) if self.db else ""
+        if self.slots:
+            line += (
+                f"\n    send slots: {self.slots['in_flight']:.1f} of {self.slots['concurrency']:.0f} busy "
+                f"on average; none busy {self.slots['idle']:.0%} of the run, "
+                f"no claim waiting for a slot {self.slots['starved']:.0%}"
+            )
+        return line
 
 
 def _cpu_self() -> float:
@@ -498,6 +506,42 @@ class ThreadCpu(_Sampler):
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
+
+class SendSlots(_Sampler):
+    """How many of a worker's send slots are busy while the block runs, and how often none are.
+
+    A worker whose slots stand empty is waiting for claims, not for its receiver or
+    its CPU: this tells the two apart. It reads the worker's private queues from
+    another thread, which is only good enough for a benchmark.
+    """
+
+    def __init__(self, worker: Any) -> None:
+        super().__init__("bench-send-slots")
+        self.worker = worker
+        self.samples: list[tuple[int, int]] = []
+
+    def _begin(self) -> None:
+        self.samples.clear()
+
+    def _finish(self) -> None:
+        pass
+
+    def _sample(self) -> None:
+        # The queue may change size while it is counted: that reading is skipped.
+        with contextlib.suppress(RuntimeError):
+            self.samples.append((len(self.worker._tasks), len(self.worker._waiting)))
+
+    def summary(self) -> dict[str, float]:
+        """Mean busy slots, and the shares of readings with no slot busy and with nothing queued."""
+        samples = self.samples or [(0, 0)]
+        return {
+            "concurrency": self.worker.concurrency,
+            "in_flight": statistics.fmean(busy for busy, _ in samples),
+            "idle": sum(1 for busy, _ in samples if busy == 0) / len(samples),
+            "starved": sum(1 for _, queued in samples if queued == 0) / len(samples),
+        }
+
+
 #: The worker's threads as the budget line names them.
 _THREAD_ROLES = {
     "MainThread": "event loop",
@@ -526,7 +570,7 @@ def worker_burst(
         worker._db.submit(db_profile.enable).result()
         loop_profile.enable()
     cpu0, start = _cpu_self(), time.perf_counter()
-    with ThreadCpu() as threads:
+    with ThreadCpu() as threads, SendSlots(worker) as slots:
         stats = worker.run(burst=True)
     seconds, cpu = time.perf_counter() - start, _cpu_self() - cpu0
     if loop_profile and db_profile and profile:
@@ -541,6 +585,7 @@ def worker_burst(
         "failed": stats.failed,
         "db": db_calls,
         "threads": threads.seconds,
+        "slots": slots.summary(),
     }
 
 
@@ -576,6 +621,7 @@ def run_hookpost(
         result["db"],
         database.seconds,
         result["threads"],
+        result["slots"],
     )
 
 
