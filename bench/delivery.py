@@ -31,7 +31,7 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 ROOT = Path(__file__).resolve().parent.parent
 for _path in (ROOT / "example", ROOT / "src", ROOT / "bench"):
@@ -364,7 +364,7 @@ class Run:
     db: list[DbCall] | None = None  # worker only: outbox calls on its database thread
     database_cpu: float = 0.0  # worker only: CPU seconds of the PostgreSQL backends
     threads: dict[str, float] | None = None  # worker only: CPU seconds by thread
-    slots: dict[str, float] | None = None  # worker only: how full its send slots were (SendSlots)
+    slots: SlotUse | None = None  # worker only: how full its send slots were
 
     @property
     def rate(self) -> float:
@@ -386,13 +386,7 @@ class Run:
     def db_line(self) -> str:
         """Where the worker's database thread spent the run, and how full its send slots were."""
         line = db_summary(self.db, self.seconds) if self.db else ""
-        if self.slots:
-            line += (
-                f"\n    send slots: {self.slots['in_flight']:.1f} of {self.slots['concurrency']:.0f} busy "
-                f"on average; none busy {self.slots['idle']:.0%} of the run, "
-                f"no claim waiting for a slot {self.slots['starved']:.0%}"
-            )
-        return line
+        return line + (f"\n{self.slots.line()}" if self.slots else "")
 
 
 def _cpu_self() -> float:
@@ -487,7 +481,8 @@ class ThreadCpu(_Sampler):
 
     def _finish(self) -> None:
         for tid, (name, cpu) in self._last.items():
-            if tid != self._thread.native_id:
+            # The bench's own samplers (this one included) are not the worker's CPU.
+            if not name.startswith("bench-"):
                 self.seconds[name] = self.seconds.get(name, 0.0) + cpu - self._first.get(tid, 0.0)
 
     def _sample(self) -> None:
@@ -507,6 +502,21 @@ class ThreadCpu(_Sampler):
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+class SlotUse(NamedTuple):
+    """How full a worker's send slots were over a run."""
+
+    concurrency: int
+    busy: float  # mean number of slots busy
+    idle: float  # share of readings with no slot busy
+    starved: float  # share of readings with no claimed delivery waiting for a slot
+
+    def line(self) -> str:
+        return (
+            f"    send slots: {self.busy:.1f} of {self.concurrency} busy on average; "
+            f"none busy {self.idle:.0%} of the run, no claim waiting for a slot {self.starved:.0%}"
+        )
+
+
 class SendSlots(_Sampler):
     """How many of a worker's send slots are busy while the block runs, and how often none are.
 
@@ -520,26 +530,30 @@ class SendSlots(_Sampler):
         self.worker = worker
         self.samples: list[tuple[int, int]] = []
 
+    # The readings taken on entering and leaving the block fall outside the worker's run,
+    # with nothing in flight: they are dropped, not counted as idle.
     def _begin(self) -> None:
         self.samples.clear()
 
     def _finish(self) -> None:
-        pass
+        del self.samples[-1:]
 
     def _sample(self) -> None:
         # The queue may change size while it is counted: that reading is skipped.
         with contextlib.suppress(RuntimeError):
             self.samples.append((len(self.worker._tasks), len(self.worker._waiting)))
 
-    def summary(self) -> dict[str, float]:
-        """Mean busy slots, and the shares of readings with no slot busy and with nothing queued."""
-        samples = self.samples or [(0, 0)]
-        return {
-            "concurrency": self.worker.concurrency,
-            "in_flight": statistics.fmean(busy for busy, _ in samples),
-            "idle": sum(1 for busy, _ in samples if busy == 0) / len(samples),
-            "starved": sum(1 for _, queued in samples if queued == 0) / len(samples),
-        }
+    def summary(self) -> SlotUse | None:
+        """The readings summed up; None for a run too short to be read even once."""
+        samples = self.samples
+        if not samples:
+            return None
+        return SlotUse(
+            self.worker.concurrency,
+            statistics.fmean(busy for busy, _ in samples),
+            sum(1 for busy, _ in samples if busy == 0) / len(samples),
+            sum(1 for _, queued in samples if queued == 0) / len(samples),
+        )
 
 
 #: The worker's threads as the budget line names them.
