@@ -394,6 +394,34 @@ def test_claiming_ahead_leases_one_more_caps_worth_which_waits_within_the_allowa
     assert len(claim(settled=ids(first))) == 3
 
 
+def test_a_caller_that_knows_an_endpoint_drains_fast_may_queue_more_than_a_caps_worth():
+    endpoint = backlog(20, cap=3)
+    deep = {endpoint.id: 6}
+
+    def claim(**kwargs: Any) -> list[outbox.Claim]:
+        return outbox.claim(worker_id="w", limit=20, lease=LEASE, claim_ahead=True, ahead=deep, **kwargs)
+
+    first = claim()
+    assert len(first) == 6 and {c.allowance for c in first} == {3}
+    # Three of them are being sent, three wait: three more may join them.
+    waiting = ids(first[3:])
+    second = claim(queued=waiting)
+    assert len(second) == 3
+    # Six waiting behind three in flight: the depth is reached.
+    assert claim(queued=waiting + ids(second)) == []
+    # Another worker sees the whole cap held and leases nothing, however deep it may queue.
+    assert outbox.claim(worker_id="b", limit=20, lease=LEASE, claim_ahead=True, ahead=deep) == []
+
+
+def test_a_depth_below_the_cap_still_lets_a_caps_worth_wait():
+    endpoint = backlog(12, cap=3)
+    # Without claiming ahead a depth does not apply: the cap is all there is.
+    assert len(outbox.claim(worker_id="w", limit=10, lease=LEASE, ahead={endpoint.id: 6})) == 3
+    # Three being sent; a depth of one still lets a cap's worth wait behind them.
+    shallow = {endpoint.id: 1}
+    assert len(outbox.claim(worker_id="w", limit=10, lease=LEASE, claim_ahead=True, ahead=shallow)) == 3
+
+
 def test_no_worker_claims_ahead_while_others_hold_the_whole_cap():
     backlog(10, cap=3)
     held = outbox.claim(worker_id="a", limit=10, lease=LEASE, claim_ahead=True)

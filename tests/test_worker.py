@@ -282,6 +282,73 @@ def test_per_endpoint_in_flight_cap_holds(receiver):
     assert max(peak) <= 2
 
 
+def test_a_fast_endpoints_claims_run_deeper_than_two_caps_and_its_cap_still_holds(receiver, monkeypatch):
+    from hookpost import outbox
+
+    sizes: list[int] = []
+    real_claim = outbox.claim
+
+    def counted(**kwargs):
+        claims = real_claim(**kwargs)
+        sizes.append(len(claims))
+        return claims
+
+    monkeypatch.setattr(outbox, "claim", counted)
+    active: list[int] = []
+    peak: list[int] = []
+    lock = threading.Lock()
+
+    def quick(request):
+        with lock:
+            active.append(1)
+            peak.append(len(active))
+        threading.Event().wait(0.005)
+        with lock:
+            active.pop()
+        return 200
+
+    receiver.script("/quick", quick)
+    make_endpoint(receiver, "/quick", max_in_flight=2)
+    for i in range(60):
+        Author.objects.create(name=str(i))
+    drain(concurrency=10, batch_size=20)
+    received = receiver.received()
+    assert len(received) == 60 and len({r.headers["webhook-id"] for r in received}) == 60
+    assert max(peak) <= 2
+    # Answers in milliseconds: once one has come, a claim brings up to a batch, not a cap or two.
+    assert max(sizes) > 4
+
+
+def test_claim_depth_is_what_an_endpoint_sends_within_the_span_and_never_more_than_the_most():
+    from hookpost.worker import claim_depth
+
+    assert claim_depth(50, 0.015, within=15, most=100) == 100
+    assert claim_depth(10, 10.0, within=15, most=100) == 15
+    assert claim_depth(1, 60.0, within=15, most=100) == 0
+    # An answer timed at zero does not divide by zero.
+    assert claim_depth(1, 0.0, within=15, most=100) == 100
+
+
+def test_a_claim_that_waited_until_its_lease_is_nearly_out_is_released_and_sent_once(receiver, caplog):
+    def slow(request):
+        threading.Event().wait(0.6)
+        return 200
+
+    receiver.script("/slow", *[slow] * 10)
+    make_endpoint(receiver, "/slow", max_in_flight=1)
+    for i in range(3):
+        Author.objects.create(name=str(i))
+    caplog.set_level("INFO", logger="hookpost.worker")
+    # A one-second lease: a claim queued behind a 0.6 s request has less than half of it left.
+    drain(concurrency=1, lease=dt.timedelta(seconds=1))
+    received = receiver.received()
+    assert sorted(r.headers["webhook-id"] for r in received) == sorted(
+        Delivery.objects.values_list("event_id", flat=True)
+    )
+    assert Delivery.objects.delivered().count() == 3
+    assert "its lease had too little left; released" in caplog.text
+
+
 # --- leases ---------------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
@@ -392,6 +392,7 @@ def claim(
     settled: Collection[int] = (),
     queued: Collection[int] = (),
     claim_ahead: bool = False,
+    ahead: Mapping[int, int] | None = None,
     hold: Collection[int] = (),
 ) -> list[Claim]:
     """Lease up to ``limit`` due deliveries to ``worker_id``, first attempts before retries.
@@ -405,11 +406,12 @@ def claim(
     they no longer take an in-flight slot.
 
     With ``claim_ahead`` the caller promises to keep each endpoint's requests within
-    the claims' ``allowance`` as it sends them (the worker does), and may then lease up
-    to one cap's worth more per endpoint than can be sent at once, so the next request
-    is at hand when one finishes. ``queued`` names its leased deliveries not sent yet;
-    no more than a cap's worth wait at a time, and none are leased while other workers
-    hold the whole cap. ``hold`` names endpoints the caller has a failure of not yet
+    the claims' ``allowance`` as it sends them (the worker does), and may then lease
+    more per endpoint than can be sent at once, so the next request is at hand when one
+    finishes. ``queued`` names its leased deliveries not sent yet. How many may wait is
+    a cap's worth, or ``ahead[endpoint_id]`` where the caller knows the endpoint drains
+    more than that in good time; none are leased ahead while other workers hold the
+    whole cap. ``hold`` names endpoints the caller has a failure of not yet
     recorded: nothing is claimed for them until it is (it may open the circuit or
     disable the endpoint).
     """
@@ -422,7 +424,8 @@ def claim(
         picked: list[tuple[int, Endpoint, dt.datetime | None, bool]] = []
         seen: set[int] = set()
         full: set[int] = set(hold)
-        leases = _Leases({}, {}, {}, claim_ahead)
+        depth = ahead or {}
+        leases = _Leases({}, {}, {}, claim_ahead, depth)
         active = 0
         passes = 3
         for pass_number in range(passes):
@@ -435,7 +438,7 @@ def claim(
             counts = _Counts(worker_id, settled, queued) if pass_number == 0 else None
             window = _window(connection, sql, stamp, size, full, seen, counts)
             if pass_number == 0:
-                leases = _Leases(window.live, window.others, window.queued, claim_ahead)
+                leases = _Leases(window.live, window.others, window.queued, claim_ahead, depth)
                 active = window.active
             # First attempts before retries: a window's retries are admitted once it holds
             # every due first attempt (or on the last pass, so a FIFO head that is a retry
@@ -586,19 +589,22 @@ class _Leases(NamedTuple):
     others: dict[int, int]
     queued: dict[int, int]
     claim_ahead: bool
+    # Per endpoint, how many may wait unsent when more than a cap's worth may.
+    depth: Mapping[int, int]
 
     def limit(self, endpoint_id: int, cap: int) -> int:
-        """How many live leases ``endpoint_id`` may have: its cap, or twice it when claiming ahead.
+        """How many live leases ``endpoint_id`` may have: its cap, plus its queue's depth when claiming ahead.
 
-        Ahead only while other workers do not hold the whole cap, and no more than a
-        cap's worth waits unsent in the caller's queue.
+        Ahead only while other workers do not hold the whole cap, and no more than the
+        depth (at least a cap's worth) waits unsent in the caller's queue.
         """
+        depth = max(cap, self.depth.get(endpoint_id, cap))
         ahead = (
             self.claim_ahead
             and self.others.get(endpoint_id, 0) < cap
-            and self.queued.get(endpoint_id, 0) < cap
+            and self.queued.get(endpoint_id, 0) < depth
         )
-        return 2 * cap if ahead else cap
+        return cap + depth if ahead else cap
 
 
 class _Window(NamedTuple):

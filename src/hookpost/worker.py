@@ -17,6 +17,7 @@ import collections
 import contextlib
 import datetime as dt
 import logging
+import math
 import os
 import signal
 import socket
@@ -47,6 +48,19 @@ T = TypeVar("T")
 
 #: The channel PostgreSQL notifies when events or deliveries are inserted (see migrations).
 CHANNEL = "hookpost"
+
+# How much each answer moves an endpoint's running request time (see Worker._note_pace).
+_PACE_WEIGHT = 0.2
+
+
+def claim_depth(allowance: int, seconds_per_request: float, within: float, most: int) -> int:
+    """How many of an endpoint's deliveries may wait in a worker's queue: what it sends ``within`` seconds.
+
+    ``allowance`` requests at a time, each taking ``seconds_per_request``, and never
+    more than ``most``. The claim adds a cap's worth as the floor.
+    """
+    return min(most, int(allowance * within / max(seconds_per_request, 1e-3)))
+
 
 _ERROR_KINDS: dict[str, str] = {
     "TransportTimeout": "timeout",
@@ -161,6 +175,18 @@ class Worker:
         self._failing: collections.Counter[int] = collections.Counter()
         self._transport_in_use: Transport | None = None
         self._fan_out_due = True
+        # Per endpoint: a running average of its requests' seconds, and from it how many
+        # of its deliveries are claimed ahead: what it sends in a quarter of a lease, so
+        # a fast endpoint is not held to one claim round trip per cap's worth, and a slow
+        # one's queue still drains long before its leases run out.
+        self._pace: dict[int, float] = {}
+        self._depth: dict[int, int] = {}
+        # A claim that waited in the queue until its lease has less left than its request
+        # may take is given back rather than sent: the lease could run out with the
+        # request still out, and another worker send it too. Half a lease at most, so a
+        # fresh claim always goes, however short the lease.
+        total_timeout = float(hookpost_settings.TOTAL_TIMEOUT)
+        self._request_bound = min(total_timeout, self.lease.total_seconds() / 2)
 
     # -- public control --
 
@@ -277,6 +303,7 @@ class Worker:
                 settled=sorted(self._settled),
                 queued=self._waiting.ids(),
                 claim_ahead=True,
+                ahead=dict(self._depth),
                 hold=sorted(+self._failing),
             )
             for claim in claims:
@@ -370,13 +397,45 @@ class Worker:
         return handled
 
     def _start_queued(self, tasks: set[asyncio.Task[None]], transport: Transport) -> None:
+        now = timezone.now()
         while len(tasks) < self.concurrency:
             claim = self._waiting.take()
             if claim is None:
                 break
+            if self._too_late(claim, now):
+                self._give_back_stale(claim)
+                continue
             task = asyncio.create_task(self._deliver(claim, transport))
             tasks.add(task)
             task.add_done_callback(partial(self._on_task_done, claim.delivery.endpoint_id))
+
+    def _too_late(self, claim: outbox.Claim, now: dt.datetime) -> bool:
+        """Whether ``claim`` has too little of its lease left for its request to finish within it."""
+        left = claim.delivery.lease_expires_at - max(now, claim.send_at or now)
+        timeout: float | None = claim.delivery.endpoint.timeout
+        return left.total_seconds() < min(self._request_bound, timeout or math.inf)
+
+    def _give_back_stale(self, claim: outbox.Claim) -> None:
+        """Release a claim that waited too long to be sent within its lease; it is claimed afresh."""
+        delivery = claim.delivery
+        logger.info(
+            "delivery %s waited in the queue until its lease had too little left; released",
+            delivery.id,
+        )
+        self._waiting.finished(delivery.endpoint_id)
+        self._unsent.append(delivery.id)
+        if self._wake is not None:
+            self._wake.set()
+
+    def _note_pace(self, endpoint_id: int, seconds: float) -> None:
+        """Fold one answered request's time into its endpoint's running average and claim depth."""
+        previous = self._pace.get(endpoint_id)
+        pace = seconds if previous is None else previous + (seconds - previous) * _PACE_WEIGHT
+        self._pace[endpoint_id] = pace
+        within = self.lease.total_seconds() / 4
+        self._depth[endpoint_id] = claim_depth(
+            self._waiting.allowance(endpoint_id), pace, within, self.batch_size
+        )
 
     def _on_task_done(self, endpoint_id: int, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -435,7 +494,10 @@ class Worker:
             except Exception as exc:  # a transport bug must not kill the worker or lose the lease
                 logger.exception("transport failed on delivery %s", delivery.id)
                 kind, error = "transport", f"{type(exc).__name__}: {exc}"
-        duration_ms = int((time.perf_counter() - begun) * 1000)
+        seconds = time.perf_counter() - begun
+        duration_ms = int(seconds * 1000)
+        if response is not None:
+            self._note_pace(endpoint.id, seconds)
         outcome = Outcome(
             status_code=response.status_code if response else None,
             error=kind,
@@ -668,6 +730,10 @@ class _Waiting:
             self._sending[endpoint_id] += 1
             return claim
         return None
+
+    def allowance(self, endpoint_id: int) -> int:
+        """How many of ``endpoint_id``'s requests the latest claim allows at once (1 if none came)."""
+        return self._allowance.get(endpoint_id, 1)
 
     def drop(self, endpoint_id: int) -> list[outbox.Claim]:
         """Take every waiting claim of ``endpoint_id`` out of the queue."""
