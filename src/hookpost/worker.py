@@ -120,7 +120,7 @@ class Worker:
         using: str = "default",
         worker_id: str | None = None,
         concurrency: int = 50,
-        batch_size: int = 100,
+        batch_size: int = 200,
         transport: Transport | None = None,
         poll_interval: float | None = None,
         lease: dt.timedelta | None = None,

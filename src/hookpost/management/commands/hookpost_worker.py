@@ -26,7 +26,7 @@ class Command(BaseCommand):
         parser.add_argument("--burst", action="store_true", help="Exit once nothing is due.")
         parser.add_argument("--concurrency", type=_count, default=50, help="Requests in flight at once (50).")
         parser.add_argument(
-            "--batch-size", type=_count, default=100, help="Deliveries claimed per query (100)."
+            "--batch-size", type=_count, default=200, help="Deliveries claimed per query (200)."
         )
         parser.add_argument("--worker-id", default=None, help="Name in lease columns and logs.")
         parser.add_argument("--database", default="default", help="Database alias (default).")
