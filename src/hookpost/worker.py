@@ -340,13 +340,14 @@ class Worker:
         return released
 
     @property
-    def _fan_out_limit(self) -> int:
+    def fan_out_limit(self) -> int:
+        """Events one fan-out round takes: the batch size, at least 100."""
         return max(self.batch_size, 100)
 
     async def _fan_out(self) -> int:
         try:
             return await self._call(
-                outbox.fan_out, using=self.using, limit=self._fan_out_limit, executor=self._fanner
+                outbox.fan_out, using=self.using, limit=self.fan_out_limit, executor=self._fanner
             )
         finally:
             if self._wake is not None:
@@ -364,7 +365,7 @@ class Worker:
             self._fan_out_due = True
             raise
         self.stats.fanned_out += fanned
-        if fanned >= self._fan_out_limit:
+        if fanned >= self.fan_out_limit:
             self._fan_out_due = True
         return fanned
 

@@ -30,6 +30,7 @@ from django.db import connection, transaction
 from hookpost.conf import hookpost_settings
 from hookpost.models import Attempt, Delivery, Endpoint, Event
 from hookpost.retry import Breaker
+from hookpost.worker import Worker
 from library.models import Author
 from tests.receiver import Receiver
 from tests.reliability.conftest import SOAK, report, size
@@ -196,7 +197,7 @@ def test_a_load_through_real_workers_reaches_every_healthy_endpoint_and_accounts
     # but for a fan-out that committed while the circuit was being opened (at most one batch
     # per worker): those wait for the next failed probe to park them.
     unparked = pending.exclude(next_attempt_at=broken.blocked_until).count()
-    assert unparked <= workers * 100, unparked
+    assert unparked <= workers * Worker().fan_out_limit, unparked
 
     # Nothing is left leased once the workers are gone, and every event was fanned out.
     assert not Delivery.objects.exclude(lease_owner="").exists()
