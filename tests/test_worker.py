@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+from collections.abc import Callable
 
 import pytest
 from django.conf import settings
@@ -258,21 +259,26 @@ def test_rate_limit_spaces_requests_to_an_endpoint(receiver):
     assert times[-1] - times[0] >= 9 / 20 * 0.9
 
 
-def test_per_endpoint_in_flight_cap_holds(receiver):
-    active = []
-    peak = []
+def counting_in_flight(seconds: float) -> tuple[Callable[[object], int], list[int]]:
+    """A receiver answer that takes ``seconds``, and the list of how many were in flight as each came."""
+    active: list[int] = []
+    peak: list[int] = []
     lock = threading.Lock()
-    gate = threading.Event()
 
-    def slow(request):
+    def answer(request: object) -> int:
         with lock:
             active.append(1)
             peak.append(len(active))
-        gate.wait(0.2)
+        threading.Event().wait(seconds)
         with lock:
             active.pop()
         return 200
 
+    return answer, peak
+
+
+def test_per_endpoint_in_flight_cap_holds(receiver):
+    slow, peak = counting_in_flight(0.2)
     receiver.script("/slow", slow)
     make_endpoint(receiver, "/slow", max_in_flight=2)
     for i in range(6):
@@ -294,19 +300,7 @@ def test_a_fast_endpoints_claims_run_deeper_than_two_caps_and_its_cap_still_hold
         return claims
 
     monkeypatch.setattr(outbox, "claim", counted)
-    active: list[int] = []
-    peak: list[int] = []
-    lock = threading.Lock()
-
-    def quick(request):
-        with lock:
-            active.append(1)
-            peak.append(len(active))
-        threading.Event().wait(0.005)
-        with lock:
-            active.pop()
-        return 200
-
+    quick, peak = counting_in_flight(0.005)
     receiver.script("/quick", quick)
     make_endpoint(receiver, "/quick", max_in_flight=2)
     for i in range(60):

@@ -175,12 +175,9 @@ class Worker:
         self._failing: collections.Counter[int] = collections.Counter()
         self._transport_in_use: Transport | None = None
         self._fan_out_due = True
-        # Per endpoint: a running average of its requests' seconds, and from it how many
-        # of its deliveries are claimed ahead: what it sends in a quarter of a lease, so
-        # a fast endpoint is not held to one claim round trip per cap's worth, and a slow
-        # one's queue still drains long before its leases run out.
+        # Per endpoint: a running average of its requests' seconds, from which each claim
+        # sizes how many of its deliveries are claimed ahead (see _depths).
         self._pace: dict[int, float] = {}
-        self._depth: dict[int, int] = {}
         # A claim that waited in the queue until its lease has less left than its request
         # may take is given back rather than sent: the lease could run out with the
         # request still out, and another worker send it too. Half a lease at most, so a
@@ -303,7 +300,7 @@ class Worker:
                 settled=sorted(self._settled),
                 queued=self._waiting.ids(),
                 claim_ahead=True,
-                ahead=dict(self._depth),
+                ahead=self._depths(),
                 hold=sorted(+self._failing),
             )
             for claim in claims:
@@ -429,14 +426,23 @@ class Worker:
             self._wake.set()
 
     def _note_pace(self, endpoint_id: int, seconds: float) -> None:
-        """Fold one answered request's time into its endpoint's running average and claim depth."""
+        """Fold one answered request's time into its endpoint's running average."""
         previous = self._pace.get(endpoint_id)
-        pace = seconds if previous is None else previous + (seconds - previous) * _PACE_WEIGHT
-        self._pace[endpoint_id] = pace
+        if previous is not None:
+            seconds = previous + (seconds - previous) * _PACE_WEIGHT
+        self._pace[endpoint_id] = seconds
+
+    def _depths(self) -> dict[int, int]:
+        """Per endpoint answered lately, how many may wait claimed: what it sends in a quarter of a lease.
+
+        So a fast endpoint is not held to one claim round trip per cap's worth, and a
+        slow one's queue still drains long before its leases run out.
+        """
         within = self.lease.total_seconds() / 4
-        self._depth[endpoint_id] = claim_depth(
-            self._waiting.allowance(endpoint_id), pace, within, self.batch_size
-        )
+        return {
+            endpoint_id: claim_depth(self._waiting.allowance(endpoint_id), pace, within, self.batch_size)
+            for endpoint_id, pace in self._pace.items()
+        }
 
     def _on_task_done(self, endpoint_id: int, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
