@@ -629,6 +629,49 @@ def test_the_worker_keeps_no_query_log_even_with_debug_on():
         assert list(connection.queries_log) == []
 
 
+def test_outcomes_are_recorded_while_the_next_claim_is_still_out(monkeypatch):
+    # Recording once started only between claims: a slow claim held every finished
+    # request's outcome back, and the unrecorded successes (sent again if the process
+    # dies) piled up until claiming stopped for them. The recorder runs on its own.
+    from hookpost import outbox
+    from hookpost.transports.memory import MemoryTransport
+
+    transport = MemoryTransport()
+    Endpoint.objects.create(url="https://hooks.example.com/x", event_types=["*"], max_in_flight=1000)
+    for n in range(30):
+        Author.objects.create(name=f"a{n}")
+    gate, claim = threading.Event(), outbox.claim
+    first: list[int] = []
+
+    def stalled_after_the_first(**kwargs):
+        if first:  # every claim after the first that leased anything waits for the gate
+            gate.wait(30)
+        claims = claim(**kwargs)
+        if claims and not first:
+            first.extend(c.delivery.id for c in claims)
+        return claims
+
+    monkeypatch.setattr(outbox, "claim", stalled_after_the_first)
+    worker = Worker(transport=transport, poll_interval=0.01, concurrency=10, batch_size=10)
+    thread = threading.Thread(target=worker.run, kwargs={"burst": True})
+    thread.start()
+    try:
+        delivered = Delivery.objects.none()
+        for _ in range(400):
+            time.sleep(0.025)
+            delivered = Delivery.objects.filter(status="delivered")
+            if first and delivered.count() == len(first):
+                break
+        # The first claim's deliveries are recorded while the second claim is stalled.
+        assert first and sorted(delivered.values_list("id", flat=True)) == sorted(first)
+        assert not gate.is_set()
+    finally:
+        gate.set()
+        thread.join(60)
+    assert Delivery.objects.filter(status="delivered").count() == 30
+    assert len(transport.requests) == 30
+
+
 def test_a_recorder_that_falls_behind_holds_back_claims_so_few_successes_go_unrecorded(monkeypatch):
     from hookpost import outbox
     from hookpost.transports.memory import MemoryTransport

@@ -4,9 +4,10 @@ It also handles received webhooks stored for it (``hookpost.inbox``, sources in
 ``worker`` mode, and ``on_commit`` ones whose request died), on a thread of their own.
 
 A plain class; ``manage.py hookpost_worker`` is a thin shell around it. HTTP runs
-on an asyncio loop (aiohttp); every database call runs on one dedicated thread,
-so the ORM stays synchronous and one connection serves the worker. Outcomes are
-written in batches. On PostgreSQL a LISTEN connection wakes the worker when events
+on an asyncio loop (aiohttp); database calls run on threads of their own (claiming,
+recording, fan-out), each with one connection, so the ORM stays synchronous.
+Outcomes are recorded in batches: whatever came while the previous batch was
+being written. On PostgreSQL a LISTEN connection wakes the worker when events
 or deliveries are committed; elsewhere, and as a fallback, it polls.
 """
 
@@ -165,7 +166,12 @@ class Worker:
         # the database; claims are told, so such a request frees its slot at once.
         self._settled: set[int] = set()
         self._results: list[outbox.AttemptResult] = []
-        self._last_flush = time.monotonic()
+        # Outcomes are recorded whenever the recorder is free, as many as came meanwhile:
+        # never waiting for a batch to fill, so unrecorded successes (sent again if this
+        # process dies) stay as few as the database allows, and claims are not held back
+        # by them. Off at shutdown, which records the last ones itself.
+        self._recording = True
+        self._recordings = 0  # recordings started, so a round can tell that one began meanwhile
         self._leased: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiting = _Waiting()
@@ -241,25 +247,17 @@ class Worker:
         # or a flush finishing) must end the next idle wait at once, not be lost.
         assert self._wake is not None
         self._wake.clear()
-        # Outcomes first: a recorded retry is due again, and a recorded delivery frees its
-        # endpoint's in-flight slot for this round's claim.
-        flushing = self._flushing is not None and not self._flushing.done()
+        # A recording that failed is raised here (the database being away: the loop waits
+        # and the next round records the batch again). One that succeeded has moved on.
         if self._flushing is not None and self._flushing.done():
-            failed = self._flushing.exception()
-            self._flushing = None
+            failed, self._flushing = self._flushing.exception(), None
             if failed is not None:
                 raise failed
-        if (
-            self._results
-            and not flushing
-            and (
-                len(self._results) >= self.batch_size
-                or time.monotonic() - self._last_flush > 0.05
-                or len(tasks) + len(self._waiting) < self.concurrency
-            )
-        ):
-            self._flushing = asyncio.create_task(self._flush())
-            flushing = True
+        # A recording under way, or started during this round, may make a retry due that
+        # this round's claim did not see: a burst is not done until a round sees none.
+        recordings = self._recordings
+        self._record_soon()
+        recording = self._flushing is not None
         fanned = self._fanned()
         fanning = self._fanning is not None
         if self._fan_out_due and not fanning:
@@ -324,7 +322,8 @@ class Worker:
             or self._waiting
             or self._unsent
             or self._results
-            or flushing
+            or recording
+            or self._recordings != recordings
         )
         if burst and not busy:
             return None
@@ -553,10 +552,24 @@ class Worker:
                 probe=claim.probe,
             )
         )
+        self._record_soon()
+
+    def _record_soon(self) -> None:
+        """Start recording the outcomes that wait, unless a recording is under way (it chains on)."""
+        if not self._results or self._flushing is not None or not self._recording:
+            return
+        self._recordings += 1
+        self._flushing = asyncio.create_task(self._flush())
+        self._flushing.add_done_callback(self._on_recorded)
+
+    def _on_recorded(self, task: asyncio.Task[None]) -> None:
+        # A failed recording stays in _flushing for _cycle to raise; nothing records until then.
+        if task is self._flushing and not task.cancelled() and task.exception() is None:
+            self._flushing = None
+            self._record_soon()
 
     async def _flush(self) -> None:
         results, self._results = self._results, []
-        self._last_flush = time.monotonic()
         if not results:
             return
         record = partial(
@@ -625,6 +638,7 @@ class Worker:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        self._recording = False
         for pending in (self._flushing, self._fanning, self._handling):
             if pending is not None:
                 await asyncio.gather(pending, return_exceptions=True)
