@@ -394,17 +394,40 @@ class Worker:
         return handled
 
     def _start_queued(self, tasks: set[asyncio.Task[None]], transport: Transport) -> None:
-        now = timezone.now()
+        """Open a lane per free send slot while a claim can go; each lane then keeps itself busy."""
         while len(tasks) < self.concurrency:
-            claim = self._waiting.take()
+            claim = self._next_claim()
             if claim is None:
                 break
-            if self._too_late(claim, now):
-                self._give_back_stale(claim)
-                continue
-            task = asyncio.create_task(self._deliver(claim, transport))
+            task = asyncio.create_task(self._lane(claim, transport))
             tasks.add(task)
-            task.add_done_callback(partial(self._on_task_done, claim.delivery.endpoint_id))
+            task.add_done_callback(self._on_lane_done)
+
+    def _next_claim(self) -> outbox.Claim | None:
+        """The next claim whose endpoint has room, giving back any whose lease is too far gone to send."""
+        now = timezone.now()
+        while (claim := self._waiting.take()) is not None:
+            if not self._too_late(claim, now):
+                return claim
+            self._give_back_stale(claim)
+        return None
+
+    async def _lane(self, claim: outbox.Claim, transport: Transport) -> None:
+        """One send slot: send ``claim``, then each next one that can go, until none can.
+
+        The next request starts as the last one ends, in the same task: a task per
+        request cost a task, a callback and two turns of the loop before it went out.
+        """
+        next_claim: outbox.Claim | None = claim
+        while next_claim is not None:
+            try:
+                await self._deliver(next_claim, transport)
+            finally:
+                self._waiting.finished(next_claim.delivery.endpoint_id)
+            if self._wake is not None:
+                self._wake.set()  # the queue is one shorter: the next round may claim more
+            # Stopping: what waits is released, not sent.
+            next_claim = self._next_claim() if self._transport_in_use is not None else None
 
     def _too_late(self, claim: outbox.Claim, now: dt.datetime) -> bool:
         """Whether ``claim`` has too little of its lease left for its request to finish within it."""
@@ -443,14 +466,10 @@ class Worker:
             for endpoint_id, pace in self._pace.items()
         }
 
-    def _on_task_done(self, endpoint_id: int, task: asyncio.Task[None]) -> None:
+    def _on_lane_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._waiting.finished(endpoint_id)
-        if self._transport_in_use is not None:
-            # Keep the pipe full without waiting for the next round's database calls.
-            self._start_queued(self._tasks, self._transport_in_use)
         if self._wake is not None:
-            self._wake.set()
+            self._wake.set()  # a slot is free
 
     async def _idle(self, tasks: set[asyncio.Task[None]]) -> None:
         """Wait for a wake-up: a finished request, a notification, or the poll interval."""
