@@ -369,6 +369,20 @@ def ids(claims: list[outbox.Claim]) -> list[int]:
     return [c.delivery.id for c in claims]
 
 
+def test_an_endpoint_at_the_head_of_the_queue_cannot_crowd_another_out_of_a_claim():
+    # A claim looks at as many due deliveries as it has room for; an endpoint that fills
+    # up there is left out of its next look, so a long backlog ahead starves no one.
+    crowded = backlog(30, cap=5)
+    other = Endpoint.objects.create(url="http://127.0.0.1:9/other", event_types=["x.*"], max_in_flight=5)
+    outbox.record_events("default", [outbox.EventDraft(f"x.y{i}", "{}", NOW) for i in range(5)])
+    outbox.fan_out(limit=1000)
+    claims = outbox.claim(worker_id="w", limit=10, lease=LEASE)
+    by_endpoint: dict[int, int] = {}
+    for c in claims:
+        by_endpoint[c.delivery.endpoint_id] = by_endpoint.get(c.delivery.endpoint_id, 0) + 1
+    assert by_endpoint == {crowded.id: 5, other.id: 5}
+
+
 def test_without_claim_ahead_a_claim_stops_at_the_cap():
     backlog(10, cap=3)
     assert len(outbox.claim(worker_id="w", limit=10, lease=LEASE)) == 3

@@ -430,11 +430,14 @@ def claim(
         passes = 3
         for pass_number in range(passes):
             # A few passes: endpoints that fill up are left out of the next one, so one
-            # busy endpoint cannot crowd the others out of the window.
+            # busy endpoint cannot crowd the others out of the window. Each window holds
+            # as many as there is room for: every row in it is locked, and a window four
+            # times that size (as it once was) made the lone endpoint's claim lock and
+            # read 800 rows to lease 200 (bench/delivery.py: 14-17 ms a claim, now 12).
             room = limit - len(picked)
             if room <= 0:
                 break
-            size = room * 4
+            size = room
             counts = _Counts(worker_id, settled, queued) if pass_number == 0 else None
             window = _window(connection, sql, stamp, size, full, seen, counts)
             if pass_number == 0:
