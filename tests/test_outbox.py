@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import os
 import threading
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -377,10 +378,7 @@ def test_an_endpoint_at_the_head_of_the_queue_cannot_crowd_another_out_of_a_clai
     outbox.record_events("default", [outbox.EventDraft(f"x.y{i}", "{}", NOW) for i in range(5)])
     outbox.fan_out(limit=1000)
     claims = outbox.claim(worker_id="w", limit=10, lease=LEASE)
-    by_endpoint: dict[int, int] = {}
-    for c in claims:
-        by_endpoint[c.delivery.endpoint_id] = by_endpoint.get(c.delivery.endpoint_id, 0) + 1
-    assert by_endpoint == {crowded.id: 5, other.id: 5}
+    assert Counter(c.delivery.endpoint_id for c in claims) == {crowded.id: 5, other.id: 5}
 
 
 def test_without_claim_ahead_a_claim_stops_at_the_cap():

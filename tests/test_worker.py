@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from django.conf import settings
@@ -629,17 +630,35 @@ def test_the_worker_keeps_no_query_log_even_with_debug_on():
         assert list(connection.queries_log) == []
 
 
+def memory_backlog(count: int):
+    """A memory transport and ``count`` deliveries due to one endpoint it answers (200)."""
+    from hookpost.transports.memory import MemoryTransport
+
+    Endpoint.objects.create(url="https://hooks.example.com/x", event_types=["*"], max_in_flight=1000)
+    for n in range(count):
+        Author.objects.create(name=f"a{n}")
+    return MemoryTransport()
+
+
+@contextlib.contextmanager
+def bursting(worker: Worker, gate: threading.Event) -> Iterator[None]:
+    """Run ``worker`` in burst mode on a thread; on leaving, open ``gate`` and wait for it to finish."""
+    thread = threading.Thread(target=worker.run, kwargs={"burst": True})
+    thread.start()
+    try:
+        yield
+    finally:
+        gate.set()
+        thread.join(60)
+
+
 def test_outcomes_are_recorded_while_the_next_claim_is_still_out(monkeypatch):
     # Recording once started only between claims: a slow claim held every finished
     # request's outcome back, and the unrecorded successes (sent again if the process
     # dies) piled up until claiming stopped for them. The recorder runs on its own.
     from hookpost import outbox
-    from hookpost.transports.memory import MemoryTransport
 
-    transport = MemoryTransport()
-    Endpoint.objects.create(url="https://hooks.example.com/x", event_types=["*"], max_in_flight=1000)
-    for n in range(30):
-        Author.objects.create(name=f"a{n}")
+    transport = memory_backlog(30)
     gate, claim = threading.Event(), outbox.claim
     first: list[int] = []
 
@@ -653,33 +672,23 @@ def test_outcomes_are_recorded_while_the_next_claim_is_still_out(monkeypatch):
 
     monkeypatch.setattr(outbox, "claim", stalled_after_the_first)
     worker = Worker(transport=transport, poll_interval=0.01, concurrency=10, batch_size=10)
-    thread = threading.Thread(target=worker.run, kwargs={"burst": True})
-    thread.start()
-    try:
-        delivered = Delivery.objects.none()
+    with bursting(worker, gate):
+        delivered = Delivery.objects.filter(status="delivered")
         for _ in range(400):
             time.sleep(0.025)
-            delivered = Delivery.objects.filter(status="delivered")
             if first and delivered.count() == len(first):
                 break
         # The first claim's deliveries are recorded while the second claim is stalled.
         assert first and sorted(delivered.values_list("id", flat=True)) == sorted(first)
         assert not gate.is_set()
-    finally:
-        gate.set()
-        thread.join(60)
     assert Delivery.objects.filter(status="delivered").count() == 30
     assert len(transport.requests) == 30
 
 
 def test_a_recorder_that_falls_behind_holds_back_claims_so_few_successes_go_unrecorded(monkeypatch):
     from hookpost import outbox
-    from hookpost.transports.memory import MemoryTransport
 
-    transport = MemoryTransport()
-    Endpoint.objects.create(url="https://hooks.example.com/x", event_types=["*"], max_in_flight=1000)
-    for n in range(120):
-        Author.objects.create(name=f"a{n}")
+    transport = memory_backlog(120)
     # The database stands still for recording: the first flush waits until the gate opens.
     gate, record = threading.Event(), outbox.record_results
 
@@ -690,9 +699,7 @@ def test_a_recorder_that_falls_behind_holds_back_claims_so_few_successes_go_unre
     monkeypatch.setattr(outbox, "record_results", slow_record)
     concurrency, batch = 5, 5
     worker = Worker(transport=transport, poll_interval=0.01, concurrency=concurrency, batch_size=batch)
-    thread = threading.Thread(target=worker.run, kwargs={"burst": True})
-    thread.start()
-    try:
+    with bursting(worker, gate):
         settled_at = None
         for _ in range(200):  # until the number sent stops moving
             time.sleep(0.05)
@@ -701,9 +708,6 @@ def test_a_recorder_that_falls_behind_holds_back_claims_so_few_successes_go_unre
             settled_at = len(transport.requests)
         # Unrecorded successes stop at one round's worth (plus what was already out).
         assert len(transport.requests) <= 2 * (concurrency + batch)
-    finally:
-        gate.set()
-        thread.join(60)
     assert Delivery.objects.filter(status="delivered").count() == 120
     assert len(transport.requests) == 120
 

@@ -169,8 +169,7 @@ class Worker:
         # Outcomes are recorded whenever the recorder is free, as many as came meanwhile:
         # never waiting for a batch to fill, so unrecorded successes (sent again if this
         # process dies) stay as few as the database allows, and claims are not held back
-        # by them. Off at shutdown, which records the last ones itself.
-        self._recording = True
+        # by them.
         self._recordings = 0  # recordings started, so a round can tell that one began meanwhile
         self._leased: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -179,7 +178,6 @@ class Worker:
         self._unsent: list[int] = []
         # Per endpoint: failures not recorded yet. No claims for it until they are.
         self._failing: collections.Counter[int] = collections.Counter()
-        self._transport_in_use: Transport | None = None
         self._fan_out_due = True
         # Per endpoint: a running average of its requests' seconds, from which each claim
         # sizes how many of its deliveries are claimed ahead (see _depths).
@@ -217,7 +215,6 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(signum, self._on_signal)
         transport = self.transport or build_transport()
-        self._transport_in_use = transport
         listener = None if burst else self._start_listener()
         tasks = self._tasks
         logger.info("worker started id=%s concurrency=%d", self.worker_id, self.concurrency)
@@ -426,8 +423,8 @@ class Worker:
                 self._waiting.finished(next_claim.delivery.endpoint_id)
             if self._wake is not None:
                 self._wake.set()  # the queue is one shorter: the next round may claim more
-            # Stopping: what waits is released, not sent.
-            next_claim = self._next_claim() if self._transport_in_use is not None else None
+            # Stopping empties the queue first: what waited is released, not sent.
+            next_claim = self._next_claim()
 
     def _too_late(self, claim: outbox.Claim, now: dt.datetime) -> bool:
         """Whether ``claim`` has too little of its lease left for its request to finish within it."""
@@ -575,7 +572,7 @@ class Worker:
 
     def _record_soon(self) -> None:
         """Start recording the outcomes that wait, unless a recording is under way (it chains on)."""
-        if not self._results or self._flushing is not None or not self._recording:
+        if not self._results or self._flushing is not None:
             return
         self._recordings += 1
         self._flushing = asyncio.create_task(self._flush())
@@ -650,15 +647,17 @@ class Worker:
         """Let in-flight requests finish (they are bounded by their timeouts), then settle."""
         # Claimed but not started: their leases are released below.
         self._waiting.clear()
-        self._transport_in_use = None
         if tasks and not self._forced:
             await asyncio.wait(tasks, timeout=hookpost_settings.TOTAL_TIMEOUT + 5)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        self._recording = False
-        for pending in (self._flushing, self._fanning, self._handling):
+        # Each recording chains the next while outcomes wait: follow the chain to its end
+        # (a failed one stays put, and its outcomes are recorded again below).
+        while (recording := self._flushing) is not None and not recording.done():
+            await asyncio.gather(recording, return_exceptions=True)
+        for pending in (self._fanning, self._handling):
             if pending is not None:
                 await asyncio.gather(pending, return_exceptions=True)
         self._flushing = self._fanning = self._handling = None
