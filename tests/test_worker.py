@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -710,6 +711,43 @@ def test_a_recorder_that_falls_behind_holds_back_claims_so_few_successes_go_unre
         assert len(transport.requests) <= 2 * (concurrency + batch)
     assert Delivery.objects.filter(status="delivered").count() == 120
     assert len(transport.requests) == 120
+
+
+def test_a_worker_claims_again_once_half_a_batch_of_room_is_open_not_for_every_few_places(monkeypatch):
+    # A claim has a fixed cost whatever it brings back. Claiming whenever a few places
+    # opened (half the concurrency) meant back-to-back claims of a third of a batch.
+    from hookpost import outbox
+    from hookpost.transports.memory import MemoryTransport
+
+    memory_backlog(60)
+    gate, held = threading.Event(), []
+
+    class Held(MemoryTransport):
+        async def send(self, request):
+            held.append(request)
+            while not gate.is_set():
+                await asyncio.sleep(0.01)
+            return await super().send(request)
+
+    claim, claimed = outbox.claim, []
+
+    def counted(**kwargs):
+        claims = claim(**kwargs)
+        if claims:
+            claimed.append(len(claims))
+        return claims
+
+    monkeypatch.setattr(outbox, "claim", counted)
+    worker = Worker(transport=Held(), poll_interval=0.01, concurrency=5, batch_size=20)
+    with bursting(worker, gate):
+        for _ in range(200):
+            if len(held) == 5:
+                break
+            time.sleep(0.01)
+        time.sleep(0.3)  # some thirty rounds
+        # Five requests out, fifteen waiting: five places of room, under half a batch.
+        assert claimed == [20] and len(held) == 5
+    assert Delivery.objects.filter(status="delivered").count() == 60
 
 
 def test_a_response_body_with_nul_bytes_is_logged_without_them_and_the_worker_goes_on(receiver):
