@@ -635,6 +635,21 @@ def test_parsed_keys_survive_pickling():
     restored = pickle.loads(pickle.dumps(parse_secret(private)))
     headers = sign_headers(MSG_ID, TIMESTAMP, BODY, [restored])
     assert verify(headers, BODY, [public], now=TIMESTAMP).scheme == "v1a"
+    # An HMAC key's prepared state is rebuilt too, not lost.
+    restored = pickle.loads(pickle.dumps(parse_secret(SECRET)))
+    assert sign(MSG_ID, TIMESTAMP, BODY, [restored]) == sign(MSG_ID, TIMESTAMP, BODY, [SECRET])
+
+
+def test_one_hmac_key_signs_message_after_message_as_a_fresh_key_would():
+    # The key's prepared HMAC state is copied for each message, never fed one itself.
+    key = parse_secret(SECRET)
+    webhook = Webhook(SECRET)
+    for body in (BODY, b"", BODY * 40, ("é" * 2600).encode(), BODY):
+        content = signed_content(MSG_ID, TIMESTAMP, body)
+        expected = "v1," + base64.b64encode(hmac.digest(key.material, content, "sha256")).decode()
+        assert sign(MSG_ID, TIMESTAMP, body, [key]) == expected
+        sent_at = datetime.fromtimestamp(TIMESTAMP, UTC)
+        assert webhook.sign(MSG_ID, sent_at, body.decode()) == expected
 
 
 @pytest.mark.parametrize(

@@ -138,10 +138,14 @@ class SigningKey:
     material: bytes = field(repr=False)
     fingerprint: str = field(init=False)
     _private_key: Ed25519PrivateKey | None = field(init=False, repr=False, compare=False)
+    # HMAC keys: the key already mixed into its pads, copied for each message. Setting it
+    # up per message was a third of a signature's cost (4.7 µs against 3.1 copying it).
+    _mac: hmac.HMAC | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         material = bytes(self.material)
         private_key = None
+        mac = None
         public_material = material
         if self.scheme not in _SCHEMES:
             raise ValueError(f"unknown signature scheme {self.scheme!r}; expected 'v1' or 'v1a'")
@@ -152,9 +156,12 @@ class SigningKey:
             public_material = private_key.public_key().public_bytes_raw()
         elif not material:
             raise ValueError("an HMAC secret must not be empty")
+        else:
+            mac = hmac.new(material, digestmod=hashlib.sha256)
         object.__setattr__(self, "material", material)
         object.__setattr__(self, "fingerprint", _fingerprint(public_material))
         object.__setattr__(self, "_private_key", private_key)
+        object.__setattr__(self, "_mac", mac)
 
     def __reduce__(self) -> tuple[type["SigningKey"], tuple[Scheme, bytes]]:
         # The cryptography key object cannot be pickled; rebuild it from the raw bytes.
@@ -167,9 +174,10 @@ class SigningKey:
         return VerifyingKey(self.scheme, self._private_key.public_key().public_bytes_raw())
 
     def _signature_entry(self, content: bytes) -> str:
-        if self._private_key is None:
-            digest = hmac_sha256(self.material, content)
+        if self._mac is not None:
+            digest = _digest(self._mac.copy(), content)
         else:
+            assert self._private_key is not None
             digest = self._private_key.sign(content)
         return f"{self.scheme},{base64.b64encode(digest).decode('ascii')}"
 
@@ -228,7 +236,11 @@ _GIL_HELD_CHUNK: Final = 2047
 
 def hmac_sha256(key: bytes, content: bytes) -> bytes:
     """HMAC-SHA256 of ``content``, fed in pieces small enough that hashing keeps the GIL."""
-    mac = hmac.new(key, digestmod=hashlib.sha256)
+    return _digest(hmac.new(key, digestmod=hashlib.sha256), content)
+
+
+def _digest(mac: hmac.HMAC, content: bytes) -> bytes:
+    """Feed ``content`` to the keyed ``mac`` in GIL-holding pieces and return its digest."""
     if len(content) <= _GIL_HELD_CHUNK:
         mac.update(content)
     else:
