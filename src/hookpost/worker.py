@@ -410,7 +410,7 @@ class Worker:
 
     def _next_claim(self) -> outbox.Claim | None:
         """The next claim whose endpoint has room, giving back any whose lease is too far gone to send."""
-        now = timezone.now()
+        now = time.time()
         while (claim := self._waiting.take()) is not None:
             if not self._too_late(claim, now):
                 return claim
@@ -434,11 +434,16 @@ class Worker:
             # Stopping empties the queue first: what waited is released, not sent.
             next_claim = self._next_claim()
 
-    def _too_late(self, claim: outbox.Claim, now: dt.datetime) -> bool:
-        """Whether ``claim`` has too little of its lease left for its request to finish within it."""
-        left = claim.delivery.lease_expires_at - max(now, claim.send_at or now)
+    def _too_late(self, claim: outbox.Claim, now: float) -> bool:
+        """Whether ``claim`` has too little of its lease left for its request to finish within it.
+
+        ``now`` is in Unix seconds, not a datetime: this is asked before every request,
+        and ``timezone.now()`` with datetime arithmetic cost twice as much.
+        """
+        start = now if claim.send_at is None else max(now, claim.send_at.timestamp())
+        left = claim.delivery.lease_expires_at.timestamp() - start
         timeout: float | None = claim.delivery.endpoint.timeout
-        return left.total_seconds() < min(self._request_bound, timeout or math.inf)
+        return left < min(self._request_bound, timeout or math.inf)
 
     def _give_back_stale(self, claim: outbox.Claim) -> None:
         """Release a claim that waited too long to be sent within its lease; it is claimed afresh."""
@@ -534,7 +539,9 @@ class Worker:
             retry_after=response.headers.get("retry-after") if response else None,
         )
         number = delivery.attempt_count + 1
-        decision = self._policy_for(endpoint).decide(outcome, number, timezone.now())
+        # The answer's time, from the clock already read: one timezone.now() less per request.
+        answered_at = started_at + dt.timedelta(seconds=seconds)
+        decision = self._policy_for(endpoint).decide(outcome, number, answered_at)
         self.stats.sent += 1
         if response is not None and 200 <= response.status_code < 300:
             self.stats.delivered += 1
