@@ -438,7 +438,8 @@ class Worker:
         """Whether ``claim`` has too little of its lease left for its request to finish within it.
 
         ``now`` is in Unix seconds, not a datetime: this is asked before every request,
-        and ``timezone.now()`` with datetime arithmetic cost twice as much.
+        and ``timezone.now()`` with datetime arithmetic cost three times as much (1.8-2.1
+        µs against 0.6).
         """
         start = now if claim.send_at is None else max(now, claim.send_at.timestamp())
         left = claim.delivery.lease_expires_at.timestamp() - start
