@@ -473,7 +473,7 @@ def db_summary(calls: list[DbCall], seconds: float, window: tuple[float, float] 
 
 
 class ThreadCpu(_Sampler):
-    """CPU seconds each thread of process ``pid`` uses while the block runs (Linux ``/proc``).
+    """CPU seconds each thread of a process (:meth:`of`) uses while the block runs (Linux ``/proc``).
 
     Read from outside the worker's process: reading every thread's ``/proc`` file
     from a thread inside it every 10 ms cost that process 43 µs of CPU per delivery
@@ -483,11 +483,16 @@ class ThreadCpu(_Sampler):
     :meth:`by_name` names them.
     """
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self) -> None:
         super().__init__("bench-thread-cpu")
-        self.task_dir = Path(f"/proc/{pid}/task")
+        self.task_dir = Path("/proc/self/task")
         self._first: dict[int, float] = {}
         self._last: dict[int, float] = {}
+
+    def of(self, pid: int) -> Self:
+        """Watch process ``pid``'s threads (for :func:`run_in_child`'s ``watch``)."""
+        self.task_dir = Path(f"/proc/{pid}/task")
+        return self
 
     def _begin(self) -> None:
         self._first = dict(self._last)
@@ -652,17 +657,12 @@ def run_hookpost(
     vacuum()
     load: dict[str, float] = {}
     receiver_cpu0 = receivers.cpu_seconds()
-    watched: list[ThreadCpu] = []
-
-    def watch(pid: int) -> ThreadCpu:
-        watched.append(ThreadCpu(pid))
-        return watched[-1]
-
+    thread_cpu = ThreadCpu()
     with machine_load(load), DatabaseCpu(BENCH_DB) as database:
         result = run_in_child(
-            lambda: worker_burst(args.concurrency, args.batch_size, log_path, profile), watch=watch
+            lambda: worker_burst(args.concurrency, args.batch_size, log_path, profile), watch=thread_cpu.of
         )
-    threads = {"MainThread": result["main_cpu"], **watched[0].by_name(result["thread_names"])}
+    threads = {"MainThread": result["main_cpu"], **thread_cpu.by_name(result["thread_names"])}
     receiver_cpu = receivers.cpu_seconds() - receiver_cpu0
     delivered = delivered_count()
     if delivered != events or result["failed"]:
