@@ -108,17 +108,27 @@ class Child:
     def output(self) -> str:
         return self._out.read_text(errors="replace")
 
+    def complete_lines(self) -> list[str]:
+        """The output lines the child has finished writing.
+
+        A line still being written is left out: with PYTHONUNBUFFERED set (as on the CI
+        machines), ``print`` writes a line word by word, and a reader once took a
+        failpoint's line for one without the ids that were still to come.
+        """
+        finished, _, _ = self.output().rpartition("\n")
+        return finished.splitlines()
+
     def errors(self) -> str:
         return self._err.read_text(errors="replace")
 
     def lines(self, tag: str) -> list[list[str]]:
         """The output lines starting with ``tag``, each as its words after the tag."""
-        return [line.split()[1:] for line in self.output().splitlines() if line.split()[:1] == [tag]]
+        return [line.split()[1:] for line in self.complete_lines() if line.split()[:1] == [tag]]
 
     def signals(self) -> list[tuple[str, dict[str, Any]]]:
         """The operational signals the worker child printed: (name, keyword arguments)."""
         found = []
-        for line in self.output().splitlines():
+        for line in self.complete_lines():
             if line.startswith("SIGNAL "):
                 _, name, kwargs = line.split(maxsplit=2)
                 found.append((name, json.loads(kwargs)))
