@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import datetime as dt
 import io
 import logging
 import multiprocessing as mp
@@ -693,6 +694,90 @@ def run_hookpost(
     )
 
 
+# --- where the ratio goes --------------------------------------------------------------------
+
+#: The worker id the decomposition runs lease to beforehand and then send as.
+PRELEASED = "bench-preleased"
+
+
+def lease_everything(count: int) -> list[Any]:
+    """Fan out the seeded events and lease every delivery to ``PRELEASED`` in one claim, untimed."""
+    from hookpost import outbox
+    from hookpost.models import Endpoint
+
+    while outbox.fan_out(limit=1000):
+        pass
+    endpoint = Endpoint.objects.get()
+    # Claiming ahead by the whole count lets one claim take every delivery despite the cap.
+    claims = outbox.claim(
+        worker_id=PRELEASED,
+        limit=count,
+        lease=dt.timedelta(minutes=10),
+        claim_ahead=True,
+        ahead={endpoint.id: count},
+    )
+    if len(claims) != count:
+        raise RuntimeError(f"leased {len(claims)} of {count} deliveries beforehand")
+    return claims
+
+
+def preleased_burst(claims: list[Any], concurrency: int, batch_size: int, record: bool) -> dict[str, Any]:
+    """In the worker process: send ``claims`` with a ``Worker`` that is handed them instead of claiming.
+
+    With ``record`` its fan-out finds nothing left to do and outcomes are recorded
+    as usual; without it the worker touches no database at all, so what is left is
+    its HTTP path on a machine it shares only with the receiver.
+    """
+    from hookpost import outbox
+    from hookpost.worker import Worker
+
+    class Preleased(Worker):
+        async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            if fn is outbox.claim:
+                taken = claims[: kwargs["limit"]]
+                del claims[: kwargs["limit"]]
+                return taken
+            if not record and fn in (outbox.fan_out, outbox.record_results):
+                return 0 if fn is outbox.fan_out else None
+            return await super()._call(fn, *args, **kwargs)
+
+        async def _handle_inbox(self) -> int:
+            return await super()._handle_inbox() if record else 0
+
+    worker = Preleased(worker_id=PRELEASED, concurrency=concurrency, batch_size=batch_size)
+    cpu0, start = _cpu_self(), time.perf_counter()
+    stats = worker.run(burst=True)
+    return {"seconds": time.perf_counter() - start, "cpu": _cpu_self() - cpu0, "delivered": stats.delivered}
+
+
+def run_preleased(args: argparse.Namespace, receivers: Receivers, record: bool) -> Run:
+    """Time the worker sending deliveries leased beforehand: what claiming and fan-out cost, and recording."""
+    reset_outbox()
+    seed_events(args.events)
+    claims = lease_everything(args.events)
+    vacuum()
+    load: dict[str, float] = {}
+    receiver_cpu0 = receivers.cpu_seconds()
+    with machine_load(load), DatabaseCpu(BENCH_DB) as database:
+        result = run_in_child(lambda: preleased_burst(claims, args.concurrency, args.batch_size, record))
+    receiver_cpu = receivers.cpu_seconds() - receiver_cpu0
+    if result["delivered"] != args.events:
+        raise RuntimeError(f"preleased run: {result['delivered']} of {args.events} delivered")
+    if record and delivered_count() != args.events:
+        raise RuntimeError(f"preleased run: {delivered_count()} of {args.events} recorded as delivered")
+    label = "  leased beforehand, recorded" if record else "  leased beforehand, no database"
+    return Run(
+        label,
+        args.events,
+        result["seconds"],
+        result["cpu"],
+        receiver_cpu,
+        load["machine"],
+        None,
+        database.seconds,
+    )
+
+
 # --- the bare client ------------------------------------------------------------------------
 
 
@@ -999,6 +1084,11 @@ def main(argv: list[str] | None = None) -> int:
         print(capped.line())
         print(capped.db_line(), flush=True)
         make_endpoint(receivers.url, max_in_flight=args.concurrency)
+        print("  Where the ratio goes: the worker handed every delivery leased beforehand (untimed),")
+        print("  so it neither claims nor fans out; then touching no database at all:")
+        for record in (True, False):
+            preleased = run_preleased(args, receivers, record)
+            print(f"{preleased.line()}\n    {preleased.rate / bare_rate:.2f} of the bare median", flush=True)
 
     if args.profile:
         run_hookpost(args, receivers, "profiled", profile=args.profile)
