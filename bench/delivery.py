@@ -654,6 +654,33 @@ def worker_burst(
     }
 
 
+class Measured(NamedTuple):
+    """A child's result dict and what else was busy while it ran."""
+
+    result: dict[str, Any]
+    machine: float  # share of all CPUs busy
+    receiver_cpu: float
+    database_cpu: float
+
+
+def measure(
+    receivers: Receivers,
+    target: Callable[[], dict[str, Any]],
+    *,
+    database: bool = True,
+    watch: Callable[[int], contextlib.AbstractContextManager[Any]] | None = None,
+) -> Measured:
+    """Run ``target`` in a child; read the machine's load, the receivers' and PostgreSQL's CPU meanwhile."""
+    load: dict[str, float] = {}
+    receiver_cpu0 = receivers.cpu_seconds()
+    sampler = DatabaseCpu(BENCH_DB) if database else None
+    with machine_load(load), sampler or contextlib.nullcontext():
+        result = run_in_child(target, watch=watch)
+    return Measured(
+        result, load["machine"], receivers.cpu_seconds() - receiver_cpu0, sampler.seconds if sampler else 0.0
+    )
+
+
 def run_hookpost(
     args: argparse.Namespace,
     receivers: Receivers,
@@ -668,15 +695,14 @@ def run_hookpost(
     reset_outbox()
     seed_events(events)
     vacuum()
-    load: dict[str, float] = {}
-    receiver_cpu0 = receivers.cpu_seconds()
     thread_cpu = ThreadCpu()
-    with machine_load(load), DatabaseCpu(BENCH_DB) as database:
-        result = run_in_child(
-            lambda: worker_burst(args.concurrency, args.batch_size, log_path, profile), watch=thread_cpu.of
-        )
+    measured = measure(
+        receivers,
+        lambda: worker_burst(args.concurrency, args.batch_size, log_path, profile),
+        watch=thread_cpu.of,
+    )
+    result = measured.result
     threads = {"MainThread": result["main_cpu"], **thread_cpu.by_name(result["thread_names"])}
-    receiver_cpu = receivers.cpu_seconds() - receiver_cpu0
     delivered = delivered_count()
     if delivered != events or result["failed"]:
         raise RuntimeError(f"{label}: {delivered} of {events} delivered, {result['failed']} failed")
@@ -685,10 +711,10 @@ def run_hookpost(
         events,
         result["seconds"],
         result["cpu"],
-        receiver_cpu,
-        load["machine"],
+        measured.receiver_cpu,
+        measured.machine,
         result["db"],
-        database.seconds,
+        measured.database_cpu,
         threads,
         result["slots"],
     )
@@ -737,8 +763,10 @@ def preleased_burst(claims: list[Any], concurrency: int, batch_size: int, record
                 taken = claims[: kwargs["limit"]]
                 del claims[: kwargs["limit"]]
                 return taken
-            if not record and fn in (outbox.fan_out, outbox.record_results):
-                return 0 if fn is outbox.fan_out else None
+            if not record and fn is outbox.fan_out:
+                return 0
+            if not record and fn is outbox.record_results:
+                return None
             return await super()._call(fn, *args, **kwargs)
 
         async def _handle_inbox(self) -> int:
@@ -756,11 +784,8 @@ def run_preleased(args: argparse.Namespace, receivers: Receivers, record: bool) 
     seed_events(args.events)
     claims = lease_everything(args.events)
     vacuum()
-    load: dict[str, float] = {}
-    receiver_cpu0 = receivers.cpu_seconds()
-    with machine_load(load), DatabaseCpu(BENCH_DB) as database:
-        result = run_in_child(lambda: preleased_burst(claims, args.concurrency, args.batch_size, record))
-    receiver_cpu = receivers.cpu_seconds() - receiver_cpu0
+    measured = measure(receivers, lambda: preleased_burst(claims, args.concurrency, args.batch_size, record))
+    result = measured.result
     if result["delivered"] != args.events:
         raise RuntimeError(f"preleased run: {result['delivered']} of {args.events} delivered")
     if record and delivered_count() != args.events:
@@ -771,10 +796,10 @@ def run_preleased(args: argparse.Namespace, receivers: Receivers, record: bool) 
         args.events,
         result["seconds"],
         result["cpu"],
-        receiver_cpu,
-        load["machine"],
+        measured.receiver_cpu,
+        measured.machine,
         None,
-        database.seconds,
+        measured.database_cpu,
     )
 
 
@@ -825,15 +850,17 @@ def bare_burst(url: str, requests: list[tuple[bytes, dict[str, str]]], concurren
 def run_bare(
     args: argparse.Namespace, receivers: Receivers, requests: list[tuple[bytes, dict[str, str]]]
 ) -> Run:
-    load: dict[str, float] = {}
-    receiver_cpu0 = receivers.cpu_seconds()
-    with machine_load(load):
-        result = run_in_child(lambda: bare_burst(receivers.url, requests, args.concurrency))
-    receiver_cpu = receivers.cpu_seconds() - receiver_cpu0
+    # No database is involved, so none is read: its sampler's own CPU would be the bare client's loss.
+    measured = measure(
+        receivers, lambda: bare_burst(receivers.url, requests, args.concurrency), database=False
+    )
+    result = measured.result
     if result["ok"] != len(requests):
         raise RuntimeError(f"bare client: {result['ok']} of {len(requests)} answered 200")
     label = f"bare aiohttp, {args.concurrency} at a time"
-    return Run(label, len(requests), result["seconds"], result["cpu"], receiver_cpu, load["machine"])
+    return Run(
+        label, len(requests), result["seconds"], result["cpu"], measured.receiver_cpu, measured.machine
+    )
 
 
 # --- latency --------------------------------------------------------------------------------
