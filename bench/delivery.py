@@ -460,7 +460,7 @@ def _time_outbox_calls() -> list[DbCall]:
 
         return wrapper
 
-    outbox.fan_out = timed("fan_out", outbox.fan_out, lambda r, a: r)
+    outbox.fan_out_and_lease = timed("fan_out", outbox.fan_out_and_lease, lambda r, a: r.events)
     outbox.claim = timed("claim", outbox.claim, lambda r, a: len(r))
     outbox.record_results = timed("record_results", outbox.record_results, lambda r, a: len(a[0]))
     return calls
@@ -763,8 +763,8 @@ def preleased_burst(claims: list[Any], concurrency: int, batch_size: int, record
                 taken = claims[: kwargs["limit"]]
                 del claims[: kwargs["limit"]]
                 return taken
-            if not record and fn is outbox.fan_out:
-                return 0
+            if not record and fn is outbox.fan_out_and_lease:
+                return outbox.FannedOut(0, [])
             if not record and fn is outbox.record_results:
                 return None
             return await super()._call(fn, *args, **kwargs)

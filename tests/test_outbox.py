@@ -714,3 +714,144 @@ def test_a_replay_or_test_event_for_a_paused_endpoint_waits_set_aside_with_its_o
     assert test.next_attempt_at == NOW + PAUSE_SHIFT and test.paused and test.due_at == NOW
     outbox.resume_endpoint(paused)
     assert set(Delivery.objects.pending().values_list("next_attempt_at", flat=True)) == {NOW}
+
+
+# --- fan-out leases at birth (PostgreSQL) -----------------------------------------------------------
+
+
+def events(count: int, prefix: str = "a.b") -> list[Event]:
+    outbox.record_events(
+        "default", [outbox.EventDraft(f"{prefix}{i}", f'{{"n": {i}}}', NOW) for i in range(count)]
+    )
+    return list(Event.objects.order_by("occurred_at", "id"))
+
+
+def leasing(room: int = 100, **terms: Any) -> outbox.Leasing:
+    return outbox.Leasing(worker_id="w", lease=LEASE, room=room, breaker=BREAKER, **terms)
+
+
+def born_leased() -> list[int]:
+    """The ids of deliveries leased to ``w``, in id order."""
+    return list(Delivery.objects.filter(lease_owner="w").order_by("id").values_list("id", flat=True))
+
+
+def test_fan_out_leases_what_the_worker_may_send_now_as_a_claim_would_have():
+    Endpoint.objects.create(url="http://127.0.0.1:9/hooks", event_types=["*"], max_in_flight=4)
+    stored = events(3)
+    done = outbox.fan_out_and_lease(now=NOW, leasing=leasing())
+    assert done.events == 3 and Delivery.objects.count() == 3
+    if not ON_POSTGRESQL:
+        # One writer, and no RETURNING for a batch: SQLite's deliveries are all claimed.
+        assert done.claims == [] and born_leased() == []
+        return
+    assert ids(done.claims) == born_leased() and len(done.claims) == 3
+    assert Delivery.objects.filter(lease_expires_at=NOW + LEASE).count() == 3
+    # The worker sends from the claim alone: the event's id (the webhook-id), type and payload.
+    assert [(c.delivery.event.id, c.delivery.event.type, c.delivery.event.payload) for c in done.claims] == [
+        (e.id, e.type, e.payload) for e in stored
+    ]
+    # Nothing is left for a claim, and the same deliveries claimed afresh look the same.
+    assert outbox.claim(worker_id="v", limit=10, lease=LEASE, now=NOW) == []
+    outbox.release(ids(done.claims), worker_id="w")
+    again = outbox.claim(worker_id="w", limit=10, lease=LEASE, now=NOW, claim_ahead=True)
+    fields = [(c.delivery, c.send_at, c.probe, c.allowance) for c in done.claims]
+    assert [(c.delivery, c.send_at, c.probe, c.allowance) for c in again] == fields
+    assert [c.delivery.endpoint.url for c in again] == [c.delivery.endpoint.url for c in done.claims]
+
+
+@pytest.mark.parametrize(
+    "kind", ["paused", "fifo", "open circuit due a probe", "parked", "held", "disabled", "not subscribed"]
+)
+def test_fan_out_leases_nothing_a_claim_alone_must_take(kind):
+    plain = Endpoint.objects.create(url="http://127.0.0.1:9/plain", event_types=["*"])
+    other = Endpoint.objects.create(url="http://127.0.0.1:9/other", event_types=["*"])
+    hold: list[int] = []
+    if kind == "paused":
+        other.status = Endpoint.Status.PAUSED
+    elif kind == "fifo":
+        other.fifo = True
+    elif kind == "open circuit due a probe":
+        other.consecutive_failures, other.blocked_until = 3, NOW - dt.timedelta(seconds=1)
+    elif kind == "parked":
+        other.blocked_until = NOW + dt.timedelta(seconds=30)
+    elif kind == "held":
+        hold = [other.id]
+    elif kind == "disabled":
+        other.status = Endpoint.Status.DISABLED
+    else:
+        other.event_types = ["z.*"]
+    other.save()
+    events(2)
+    done = outbox.fan_out_and_lease(now=NOW, leasing=leasing(hold=hold))
+    if ON_POSTGRESQL:
+        assert {c.delivery.endpoint_id for c in done.claims} == {plain.id}
+        assert born_leased() == ids(done.claims) and len(done.claims) == 2
+    assert not Delivery.objects.filter(endpoint=other).exclude(lease_owner="").exists()
+
+
+def test_fan_out_leases_no_more_than_the_room_and_a_claim_takes_the_rest():
+    Endpoint.objects.create(url="http://127.0.0.1:9/hooks", event_types=["*"], max_in_flight=100)
+    events(10)
+    done = outbox.fan_out_and_lease(now=NOW, leasing=leasing(room=3))
+    expected = 3 if ON_POSTGRESQL else 0
+    assert len(done.claims) == len(born_leased()) == expected
+    assert len(outbox.claim(worker_id="v", limit=100, lease=LEASE, now=NOW)) == 10 - expected
+
+
+def test_fan_out_leases_within_the_cap_and_depth_a_claim_counts():
+    Endpoint.objects.create(url="http://127.0.0.1:9/hooks", event_types=["*"], max_in_flight=2)
+
+    def fan_out(prefix: str, **terms: Any) -> list[outbox.Claim]:
+        events(10, prefix)
+        return outbox.fan_out_and_lease(now=NOW, leasing=leasing(**terms)).claims
+
+    first = fan_out("a.")
+    if not ON_POSTGRESQL:
+        assert first == []
+        return
+    # As claim(claim_ahead=True) leases: a cap's worth at a time, a cap's worth waiting at most.
+    assert len(first) == 2 and {c.allowance for c in first} == {2}
+    second = fan_out("b.")
+    assert len(second) == 2
+    assert fan_out("c.", queued=ids(second)) == []
+    assert fan_out("d.", settled=ids(first), queued=ids(second)) == []
+    assert len(fan_out("e.", settled=ids(first))) == 2
+
+
+def test_fan_out_leases_nothing_while_other_workers_hold_the_whole_cap():
+    Endpoint.objects.create(url="http://127.0.0.1:9/hooks", event_types=["*"], max_in_flight=2)
+    events(2, prefix="x.")
+    outbox.fan_out(now=NOW)
+    assert len(outbox.claim(worker_id="v", limit=10, lease=LEASE, now=NOW)) == 2
+    events(2, prefix="y.")
+    done = outbox.fan_out_and_lease(now=NOW, leasing=leasing())
+    assert done.events == 2 and done.claims == [] and born_leased() == []
+
+
+def test_fan_out_takes_a_rate_limited_endpoints_send_slots_as_a_claim_does():
+    endpoint = Endpoint.objects.create(url="http://127.0.0.1:9/hooks", event_types=["*"], rate_limit=2)
+    events(3)
+    done = outbox.fan_out_and_lease(now=NOW, leasing=leasing())
+    if not ON_POSTGRESQL:
+        return
+    half = dt.timedelta(seconds=0.5)
+    assert [c.send_at for c in done.claims] == [NOW, NOW + half, NOW + 2 * half]
+    endpoint.refresh_from_db()
+    assert endpoint.next_slot_at == NOW + 3 * half
+
+
+def test_a_repeated_fan_out_leases_only_what_it_creates():
+    Endpoint.objects.create(url="http://127.0.0.1:9/hooks", event_types=["*"])
+    events(3)
+    outbox.fan_out(now=NOW)
+    kept, lost = Delivery.objects.order_by("id")[:2], Delivery.objects.order_by("id").last()
+    kept_ids = [d.id for d in kept]
+    assert lost is not None
+    lost.delete()
+    Event.objects.update(fanned_out_at=None)  # as if the mark had been lost in a crash
+    done = outbox.fan_out_and_lease(now=NOW, leasing=leasing())
+    assert done.events == 3 and Delivery.objects.count() == 3
+    if ON_POSTGRESQL:
+        [remade] = done.claims
+        assert remade.delivery.event_id == lost.event_id and born_leased() == [remade.delivery.id]
+    assert not Delivery.objects.filter(id__in=kept_ids).exclude(lease_owner="").exists()

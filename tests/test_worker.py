@@ -291,18 +291,28 @@ def test_per_endpoint_in_flight_cap_holds(receiver):
 
 
 def claim_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The number of deliveries each of the worker's claims leases from now on, in order (empty ones too)."""
+    """The number of deliveries each of the worker's leases takes from now on, in order (empty ones too).
+
+    A lease is a claim, or (on PostgreSQL) a fan-out that leases what it makes.
+    """
     from hookpost import outbox
 
     sizes: list[int] = []
-    real_claim = outbox.claim
+    real_claim, real_fan_out = outbox.claim, outbox.fan_out_and_lease
 
     def counted(**kwargs):
         claims = real_claim(**kwargs)
         sizes.append(len(claims))
         return claims
 
+    def fan_out_counted(**kwargs):
+        done = real_fan_out(**kwargs)
+        if kwargs.get("leasing") is not None:
+            sizes.append(len(done.claims))
+        return done
+
     monkeypatch.setattr(outbox, "claim", counted)
+    monkeypatch.setattr(outbox, "fan_out_and_lease", fan_out_counted)
     return sizes
 
 
@@ -628,6 +638,131 @@ def test_a_repeated_fan_out_neither_doubles_nor_skips_deliveries(receiver):
     assert not Event.objects.awaiting_fan_out().exists()
 
 
+def leased_by(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
+    """The deliveries the worker leases from now on, by how: claimed, or born leased at fan-out."""
+    from hookpost import outbox
+
+    leased: dict[str, list[int]] = {"claim": [], "fan-out": []}
+    real_claim, real_fan_out = outbox.claim, outbox.fan_out_and_lease
+
+    def claim(**kwargs):
+        claims = real_claim(**kwargs)
+        leased["claim"].extend(c.delivery.id for c in claims)
+        return claims
+
+    def fan_out_and_lease(**kwargs):
+        done = real_fan_out(**kwargs)
+        leased["fan-out"].extend(c.delivery.id for c in done.claims)
+        return done
+
+    monkeypatch.setattr(outbox, "claim", claim)
+    monkeypatch.setattr(outbox, "fan_out_and_lease", fan_out_and_lease)
+    return leased
+
+
+def test_on_postgresql_new_deliveries_are_born_leased_and_need_no_claim(receiver, monkeypatch):
+    leased = leased_by(monkeypatch)
+    make_endpoint(receiver, max_in_flight=50)
+    for i in range(40):
+        Author.objects.create(name=str(i))
+    drain()
+    received = receiver.received()
+    assert len(received) == 40 and len({r.headers["webhook-id"] for r in received}) == 40
+    # Each delivery leased exactly once, one way or the other.
+    assert sorted(leased["claim"] + leased["fan-out"]) == sorted(
+        Delivery.objects.values_list("id", flat=True)
+    )
+    if connection.vendor == "postgresql":
+        assert len(leased["fan-out"]) == 40
+    else:
+        assert leased["fan-out"] == []
+
+
+def test_a_backlog_of_events_is_fanned_out_at_the_pace_it_can_be_leased(monkeypatch):
+    from hookpost import outbox
+
+    transport = memory_backlog(150)
+    asked: list[tuple[int, bool]] = []
+    real_fan_out = outbox.fan_out_and_lease
+
+    def fan_out_and_lease(**kwargs):
+        asked.append((kwargs["limit"], kwargs["leasing"] is not None))
+        return real_fan_out(**kwargs)
+
+    monkeypatch.setattr(outbox, "fan_out_and_lease", fan_out_and_lease)
+    worker = Worker(transport=transport, poll_interval=0.01, concurrency=5, batch_size=20)
+    worker.run(burst=True)
+    assert len(transport.requests) == 150 and Delivery.objects.filter(status="delivered").count() == 150
+    if connection.vendor == "postgresql":
+        # No more events at once than the room it leases into (a batch, here): the rest
+        # wait as events, in order, not as deliveries for claims to find.
+        assert all(limit <= 20 for limit, leasing in asked if leasing) and any(
+            leasing for _, leasing in asked
+        )
+    else:
+        assert {limit for limit, _ in asked} == {worker.fan_out_limit} and not any(
+            leasing for _, leasing in asked
+        )
+
+
+def test_the_fan_out_pace_follows_the_room_and_keeps_a_floor():
+    worker = Worker(concurrency=50, batch_size=200)
+    assert worker._fan_out_pace(0) == worker.fan_out_limit == 200
+    assert worker._fan_out_pace(120) == 120
+    assert worker._fan_out_pace(3) == 50  # a quarter batch: no run of tiny fan-outs
+    assert Worker(batch_size=2)._fan_out_pace(1) == 1
+
+
+def test_a_due_fan_out_leases_once_half_a_batch_of_room_is_open_or_goes_without_leasing(monkeypatch):
+    from types import SimpleNamespace
+
+    from hookpost import worker as worker_module
+
+    clock = [100.0]
+    monkeypatch.setattr(worker_module.time, "monotonic", lambda: clock[0])
+    worker = Worker(concurrency=5, batch_size=20)
+    worker._leases_at_fan_out = True
+    # Nothing waiting to be sent: whatever room there is, a batch at most.
+    assert worker._fan_out_room(25, recorded_behind=False) == 20
+    worker._waiting.add(SimpleNamespace(delivery=SimpleNamespace(endpoint_id=1), allowance=1))
+    assert worker._fan_out_room(10, recorded_behind=False) == 10
+    # Under half a batch while the queue is being sent: it waits, a little while at most...
+    assert worker._fan_out_room(9, recorded_behind=False) is None
+    clock[0] += 0.06
+    assert worker._fan_out_room(9, recorded_behind=False) is None
+    # ...then fans out leasing nothing: a queue that does not drain takes no more.
+    clock[0] += 0.06
+    assert worker._fan_out_room(9, recorded_behind=False) == 0
+    assert worker._fan_out_room(9, recorded_behind=False) is None  # the next one waits afresh
+    # A recorder behind, or a database whose fan-out cannot lease: never waits, never leases.
+    assert worker._fan_out_room(25, recorded_behind=True) == 0
+    worker._leases_at_fan_out = False
+    assert worker._fan_out_room(9, recorded_behind=False) == 0
+
+
+def test_a_worker_stopped_while_its_fan_out_leases_releases_those_leases(receiver, monkeypatch):
+    from hookpost import outbox
+
+    make_endpoint(receiver)
+    Author.objects.create(name="a")
+    worker = Worker(concurrency=10, poll_interval=0.01)
+    real_fan_out = outbox.fan_out_and_lease
+    born: list[outbox.Claim] = []
+
+    def stopped_meanwhile(**kwargs):
+        worker.stop()
+        done = real_fan_out(**kwargs)
+        born.extend(done.claims)
+        return done
+
+    monkeypatch.setattr(outbox, "fan_out_and_lease", stopped_meanwhile)
+    worker.run()
+    assert len(born) == (1 if connection.vendor == "postgresql" else 0)
+    assert receiver.received() == [] and Attempt.objects.count() == 0
+    delivery = Delivery.objects.get()
+    assert (delivery.status, delivery.lease_owner, delivery.lease_expires_at) == ("pending", "", None)
+
+
 def test_the_worker_keeps_no_query_log_even_with_debug_on():
     from hookpost.worker import _reconnecting
 
@@ -666,18 +801,25 @@ def test_outcomes_are_recorded_while_the_next_claim_is_still_out(monkeypatch):
     from hookpost import outbox
 
     transport = memory_backlog(30)
-    gate, claim = threading.Event(), outbox.claim
+    gate = threading.Event()
     first: list[int] = []
 
-    def stalled_after_the_first(**kwargs):
-        if first:  # every claim after the first that leased anything waits for the gate
-            gate.wait(30)
-        claims = claim(**kwargs)
-        if claims and not first:
-            first.extend(c.delivery.id for c in claims)
-        return claims
+    def stalled_after_the_first(lease):
+        # Every lease after the first that leased anything (a claim, or on PostgreSQL a
+        # fan-out leasing what it makes) waits for the gate.
+        def call(**kwargs):
+            if first:
+                gate.wait(30)
+            leased = lease(**kwargs)
+            claims = leased if isinstance(leased, list) else leased.claims
+            if claims and not first:
+                first.extend(c.delivery.id for c in claims)
+            return leased
 
-    monkeypatch.setattr(outbox, "claim", stalled_after_the_first)
+        return call
+
+    monkeypatch.setattr(outbox, "claim", stalled_after_the_first(outbox.claim))
+    monkeypatch.setattr(outbox, "fan_out_and_lease", stalled_after_the_first(outbox.fan_out_and_lease))
     worker = Worker(transport=transport, poll_interval=0.01, concurrency=10, batch_size=10)
     with bursting(worker, gate):
         delivered = Delivery.objects.filter(status="delivered")
@@ -685,7 +827,7 @@ def test_outcomes_are_recorded_while_the_next_claim_is_still_out(monkeypatch):
             time.sleep(0.025)
             if first and delivered.count() == len(first):
                 break
-        # The first claim's deliveries are recorded while the second claim is stalled.
+        # The first lease's deliveries are recorded while the next one is stalled.
         assert first and sorted(delivered.values_list("id", flat=True)) == sorted(first)
         assert not gate.is_set()
     assert Delivery.objects.filter(status="delivered").count() == 30

@@ -214,24 +214,68 @@ def fan_out(*, using: str = "default", limit: int = 500, now: dt.datetime | None
     events (``skip_locked``). Disabled endpoints get nothing; paused ones get deliveries
     that wait. Returns the number of events handled.
     """
+    return fan_out_and_lease(using=using, limit=limit, now=now).events
+
+
+@dataclass(frozen=True)
+class Leasing:
+    """Whom :func:`fan_out_and_lease` leases new deliveries to, and within what: :func:`claim`'s terms."""
+
+    worker_id: str
+    lease: dt.timedelta
+    #: How many deliveries the worker can take now.
+    room: int
+    breaker: Breaker = field(default_factory=Breaker)
+    max_in_flight: int = 10
+    settled: Collection[int] = ()
+    queued: Collection[int] = ()
+    ahead: Mapping[int, int] | None = None
+    hold: Collection[int] = ()
+
+
+class FannedOut(NamedTuple):
+    """What one fan-out did: the events it handled, and the deliveries it leased as it made them."""
+
+    events: int
+    claims: list[Claim]
+
+
+def fan_out_and_lease(
+    *,
+    using: str = "default",
+    limit: int = 500,
+    now: dt.datetime | None = None,
+    leasing: Leasing | None = None,
+) -> FannedOut:
+    """:func:`fan_out`, leasing at birth, on PostgreSQL, the new deliveries ``leasing``'s worker may send now.
+
+    A delivery born leased needs no claim: no locking read of the due queue, no lease
+    ``UPDATE`` (which rewrites the row and six index entries), no second read of its
+    payload. Only deliveries a claim would lease at once are: due now, to an active
+    endpoint whose circuit is closed, not FIFO (its order is kept by claims), not held,
+    within the endpoint's cap and queue depth as :func:`claim` counts them (rate limits
+    take their send slots), and no more than ``leasing.room``. The rest are born
+    unleased and claimed as usual. Other databases lease nothing here.
+    """
     now = now or timezone.now()
     with _worker_transaction(using) as connection:
         sql = _statements(_FanOutSQL, connection)
+        leasing = leasing if leasing is not None and leasing.room > 0 and sql.insert_and_mark else None
         with connection.cursor() as cursor:
-            cursor.execute(sql.select, [limit])
-            batch: list[tuple[str, str]] = cursor.fetchall()
+            cursor.execute(sql.select_with_payload if leasing else sql.select, [limit])
+            batch: list[tuple[Any, ...]] = cursor.fetchall()
         if not batch:
-            return 0
+            return FannedOut(0, [])
         endpoints = list(
             Endpoint.objects.using(using)
             .exclude(status=Endpoint.Status.DISABLED)
-            .values_list("id", "event_types", "fifo", "blocked_until", "status")
+            .values_list("id", "event_types", "fifo", "blocked_until", "status", "consecutive_failures")
         )
         # (event id, endpoint id, sequence, due) per delivery, in event order.
         rows: list[list[Any]] = []
         fifo_counts: dict[int, int] = {}
-        for event_id, event_type in batch:
-            for endpoint_id, patterns, fifo, blocked_until, status in endpoints:
+        for event_id, event_type, *_ in batch:
+            for endpoint_id, patterns, fifo, blocked_until, status, _failures in endpoints:
                 if any(type_matches(pattern, event_type) for pattern in patterns):
                     # An open circuit's new deliveries are born parked at its probe time (see _park).
                     due = blocked_until if blocked_until is not None and blocked_until > now else now
@@ -244,22 +288,27 @@ def fan_out(*, using: str = "default", limit: int = 500, now: dt.datetime | None
             _number_fifo_deliveries(using, rows, fifo_counts)
         adapt = connection.ops.adapt_datetimefield_value
         stamp = adapt(now)
-        ids = [event_id for event_id, _ in batch]
+        ids = [event_id for event_id, *_ in batch]
         with connection.cursor() as cursor:
             if sql.insert_and_mark:
                 # PostgreSQL: the deliveries and the mark in one statement, one round trip.
+                births = _Births(connection, now, rows, endpoints, leasing) if leasing else None
                 now_text = now.isoformat()
-                records = [
-                    {
+                records = []
+                for index, (e, ep, seq, due) in enumerate(rows):
+                    record = {
                         "event_id": e,
                         "endpoint_id": ep,
                         "sequence": seq,
                         "due": now_text if due is now else due.isoformat(),
                     }
-                    for e, ep, seq, due in rows
-                ]
+                    if births is not None and index in births.admitted:
+                        record.update(births.lease_columns)
+                    records.append(record)
                 cursor.execute(sql.insert_and_mark, [stamp, json.dumps(records), stamp, json.dumps(ids)])
-                return len(batch)
+                born = cursor.fetchall()
+                claims = births.claims(born, batch) if births is not None else []
+                return FannedOut(len(batch), claims)
             if rows:
                 if sql.insert:
                     cursor.executemany(
@@ -278,7 +327,83 @@ def fan_out(*, using: str = "default", limit: int = 500, now: dt.datetime | None
                         ignore_conflicts=True,
                     )
             cursor.execute(sql.mark.format(ids=", ".join(["%s"] * len(ids))), [stamp, *ids])
-    return len(batch)
+    return FannedOut(len(batch), [])
+
+
+class _Births:
+    """Which of a fan-out's new deliveries are born leased, admitted as :func:`claim` admits."""
+
+    def __init__(
+        self,
+        connection: BaseDatabaseWrapper,
+        now: dt.datetime,
+        rows: list[list[Any]],
+        endpoints: list[tuple[Any, ...]],
+        leasing: Leasing,
+    ) -> None:
+        self.using, self.leasing = connection.alias, leasing
+        self.expires = now + leasing.lease
+        self.lease_columns = {"lease_owner": leasing.worker_id, "lease_expires_at": self.expires.isoformat()}
+        held = set(leasing.hold)
+        # What claims alone take: FIFO (one in flight, head first), open circuits (one
+        # probe), paused, parked or held endpoints.
+        eligible = {
+            endpoint_id
+            for endpoint_id, _, fifo, blocked_until, status, failures in endpoints
+            if status == Endpoint.Status.ACTIVE
+            and not fifo
+            and (blocked_until is None or blocked_until <= now)
+            and not leasing.breaker.is_open(failures)
+            and endpoint_id not in held
+        }
+        # Row indices stand in for the delivery ids the insert has yet to give.
+        candidates = [
+            (index, row[1]) for index, row in enumerate(rows) if row[1] in eligible and row[3] is now
+        ]
+        self.admitted: dict[int, tuple[Endpoint, dt.datetime | None]] = {}
+        self.others: dict[int, int] = {}
+        self._by_pair: dict[tuple[str, int], int] = {}
+        if not candidates:
+            return
+        claim_sql = _statements(_ClaimSQL, connection)
+        wanted = {endpoint_id for _, endpoint_id in candidates}
+        whole = _endpoints(connection, claim_sql, wanted)
+        live, self.others, queued = _live_leases(
+            connection, claim_sql, now, wanted, _Counts(leasing.worker_id, leasing.settled, leasing.queued)
+        )
+        leases = _Leases(live, self.others, queued, True, leasing.ahead or {})
+        picked = _admit(
+            self.using,
+            now,
+            candidates,
+            whole,
+            leases,
+            set(held),
+            leasing.breaker,
+            leasing.max_in_flight,
+            leasing.room,
+            leasing.lease,
+        )
+        self.admitted = {index: (endpoint, send_at) for index, endpoint, send_at, _ in picked}
+        self._by_pair = {
+            (rows[index][0], endpoint.id): index for index, (endpoint, _) in self.admitted.items()
+        }
+
+    def claims(self, born: list[tuple[int, str, int]], batch: list[tuple[Any, ...]]) -> list[Claim]:
+        """Claims for the deliveries the insert returned leased (a repeated fan-out's are not among them)."""
+        events = {event_id: (event_type, payload) for event_id, event_type, payload in batch}
+        worker_id, max_in_flight = self.leasing.worker_id, self.leasing.max_in_flight
+        claims = []
+        for delivery_id, event_id, endpoint_id in sorted(born):
+            endpoint, send_at = self.admitted[self._by_pair[event_id, endpoint_id]]
+            event_type, payload = events[event_id]
+            event = _loaded(Event, self.using, id=event_id, type=event_type, payload=payload)
+            leased = Leased(
+                delivery_id, event_id, endpoint_id, 0, None, worker_id, self.expires, event, endpoint
+            )
+            allowance = max(_cap(endpoint, max_in_flight) - self.others.get(endpoint_id, 0), 1)
+            claims.append(Claim(delivery=leased, send_at=send_at, allowance=allowance))
+        return claims
 
 
 _Statements = TypeVar("_Statements")
@@ -305,6 +430,8 @@ class _FanOutSQL:
             f"SELECT id, type FROM {e} WHERE fanned_out_at IS NULL AND error = '' "
             f"ORDER BY occurred_at, id LIMIT %s{lock}"
         )
+        # Leasing at birth needs the payloads too (not worth reading otherwise).
+        self.select_with_payload = self.select.replace("SELECT id, type", "SELECT id, type, payload", 1)
         self.mark = f"UPDATE {e} SET fanned_out_at = %s WHERE id IN ({{ids}})"
         columns = (
             "event_id, endpoint_id, sequence, status, attempt_count, next_attempt_at, lease_owner, created_at"
@@ -319,14 +446,19 @@ class _FanOutSQL:
         # PostgreSQL: the rows as one JSON document (one string for the driver to pass,
         # not a dumper call per element), inserted by a data-modifying CTE whose
         # statement also marks the events; its text never changes with the batch size.
+        # Rows the worker may send now carry their lease (absent keys read as NULL), and
+        # the statement returns those.
         self.insert_and_mark = (
-            f"WITH new AS (INSERT INTO {d} ({columns}) "
-            f"SELECT r.event_id, r.endpoint_id, r.sequence, '{Delivery.Status.PENDING}', 0, r.due, '', %s "
+            f"WITH new AS (INSERT INTO {d} ({columns}, lease_expires_at) "
+            f"SELECT r.event_id, r.endpoint_id, r.sequence, '{Delivery.Status.PENDING}', 0, r.due, "
+            "COALESCE(r.lease_owner, ''), %s, r.lease_expires_at "
             "FROM json_to_recordset(%s::json) AS r(event_id text, endpoint_id bigint, sequence bigint, "
-            "due timestamptz) ON CONFLICT DO NOTHING) "
+            "due timestamptz, lease_owner text, lease_expires_at timestamptz) ON CONFLICT DO NOTHING "
+            "RETURNING id, event_id, endpoint_id, lease_owner), "
             # ARRAY(...) is computed once, so the events are still read by primary key.
-            f"UPDATE {e} SET fanned_out_at = %s "
-            "WHERE id = ANY(ARRAY(SELECT json_array_elements_text(%s::json)))"
+            f"marked AS (UPDATE {e} SET fanned_out_at = %s "
+            "WHERE id = ANY(ARRAY(SELECT json_array_elements_text(%s::json)))) "
+            "SELECT id, event_id, endpoint_id FROM new WHERE lease_owner <> ''"
             if connection.vendor == "postgresql"
             else ""
         )
@@ -552,13 +684,18 @@ class _ClaimSQL:
         )
         # Kind 2, per endpoint: live leases (settled ones left out), other workers' among
         # them, and the caller's queued ones among them.
+        live = (
+            "COUNT(*), NULL, SUM(CASE WHEN lease_owner = %s THEN 0 ELSE 1 END), "
+            "SUM(CASE WHEN {is_queued} THEN 1 ELSE 0 END) "
+            f"FROM {d} WHERE {pending} AND lease_expires_at > %s{{not_settled}}"
+        )
         self.counts = (
-            " UNION ALL SELECT 2, endpoint_id, COUNT(*), NULL, "
-            "SUM(CASE WHEN lease_owner = %s THEN 0 ELSE 1 END), SUM(CASE WHEN {is_queued} THEN 1 ELSE 0 END) "
-            f"FROM {d} WHERE {pending} AND lease_expires_at > %s{{not_settled}} GROUP BY endpoint_id "
+            f" UNION ALL SELECT 2, endpoint_id, {live} GROUP BY endpoint_id "
             f"UNION ALL SELECT 3, COUNT(*), 0, NULL, 0, 0 FROM {ep} "
             f"WHERE status = '{Endpoint.Status.ACTIVE}' AND (blocked_until IS NULL OR blocked_until <= %s)"
         )
+        # The same counts for the endpoints a fan-out leases for (see _Births).
+        self.live_leases = f"SELECT endpoint_id, {live} AND {{endpoints}} GROUP BY endpoint_id"
         self.delivery_table = d
         every_column = ", ".join(q(str(f.column)) for f in Endpoint._meta.concrete_fields)
         self.endpoints = f"SELECT {every_column} FROM {ep} WHERE {{ids}}"
@@ -649,17 +786,9 @@ def _window(
     params = [*queue_params, *queue_params]
     counting = ""
     if counts is not None:
-        # Ids, not numbers: a settled delivery recorded meanwhile is simply not leased any
-        # more, so nothing is subtracted twice whatever the timing.
-        not_settled, settled_params = "", list[Any]()
-        if counts.settled:
-            where, settled_params = _any(connection, "id", counts.settled)
-            not_settled = f" AND NOT {where}"
-        is_queued, queued_params = "1 = 0", list[Any]()
-        if counts.queued:
-            is_queued, queued_params = _any(connection, "id", counts.queued)
-        counting = sql.counts.format(is_queued=is_queued, not_settled=not_settled)
-        params += [counts.worker_id, *queued_params, stamp, *settled_params, stamp]
+        filters, count_params = _count_filters(connection, counts, stamp)
+        counting = sql.counts.format(**filters)
+        params += [*count_params, stamp]
     with connection.cursor() as cursor:
         cursor.execute(sql.window.format(exclude=exclude, counts=counting), params)
         rows = cursor.fetchall()
@@ -678,6 +807,43 @@ def _window(
     # Oldest first, as each queue's index reads them (the statement's union does not promise order).
     firsts, retries = ([(i, e) for _, i, e in sorted(q)] for q in queues)
     return _Window(firsts, retries, live, others, queued, active)
+
+
+def _count_filters(
+    connection: BaseDatabaseWrapper, counts: _Counts, stamp: Any
+) -> tuple[dict[str, str], list[Any]]:
+    """The lease counts' filters (``is_queued``, ``not_settled``) and their parameters, in statement order."""
+    # Ids, not numbers: a settled delivery recorded meanwhile is simply not leased any
+    # more, so nothing is subtracted twice whatever the timing.
+    not_settled, settled_params = "", list[Any]()
+    if counts.settled:
+        where, settled_params = _any(connection, "id", counts.settled)
+        not_settled = f" AND NOT {where}"
+    is_queued, queued_params = "1 = 0", list[Any]()
+    if counts.queued:
+        is_queued, queued_params = _any(connection, "id", counts.queued)
+    filters = {"is_queued": is_queued, "not_settled": not_settled}
+    return filters, [counts.worker_id, *queued_params, stamp, *settled_params]
+
+
+def _live_leases(
+    connection: BaseDatabaseWrapper,
+    sql: _ClaimSQL,
+    now: dt.datetime,
+    endpoint_ids: Collection[int],
+    counts: _Counts,
+) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+    """Per endpoint of ``endpoint_ids``: live leases, other workers' among them, the caller's queued ones."""
+    filters, params = _count_filters(connection, counts, connection.ops.adapt_datetimefield_value(now))
+    endpoints, endpoint_params = _any(connection, "endpoint_id", endpoint_ids)
+    live: dict[int, int] = {}
+    others: dict[int, int] = {}
+    queued: dict[int, int] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(sql.live_leases.format(**filters, endpoints=endpoints), [*params, *endpoint_params])
+        for endpoint_id, count, _, theirs, waiting in cursor.fetchall():
+            live[endpoint_id], others[endpoint_id], queued[endpoint_id] = count, theirs, waiting
+    return live, others, queued
 
 
 def _admit(

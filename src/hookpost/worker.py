@@ -50,6 +50,9 @@ T = TypeVar("T")
 #: The channel PostgreSQL notifies when events or deliveries are inserted (see migrations).
 CHANNEL = "hookpost"
 
+# How long a due fan-out waits for room to lease into before it goes without leasing.
+_FAN_OUT_PATIENCE = 0.1
+
 # How much each answer moves an endpoint's running request time (see Worker._note_pace).
 _PACE_WEIGHT = 0.2
 
@@ -179,6 +182,11 @@ class Worker:
         # Per endpoint: failures not recorded yet. No claims for it until they are.
         self._failing: collections.Counter[int] = collections.Counter()
         self._fan_out_due = True
+        self._fan_out_asked = self.fan_out_limit
+        # Since when a due fan-out has waited for room to lease into (see _fan_out_room).
+        self._room_since: float | None = None
+        # PostgreSQL's fan-out leases new deliveries to this worker as it creates them.
+        self._leases_at_fan_out = connections[using].vendor == "postgresql"
         # Per endpoint: a running average of its requests' seconds, from which each claim
         # sizes how many of its deliveries are claimed ahead (see _depths).
         self._pace: dict[int, float] = {}
@@ -257,12 +265,6 @@ class Worker:
         recording = self._flushing is not None
         fanned = self._fanned()
         fanning = self._fanning is not None
-        if self._fan_out_due and not fanning:
-            # Due again when an event commits (NOTIFY), the poll interval passes, or this
-            # batch comes back full (more are waiting).
-            self._fan_out_due = False
-            self._fanning = asyncio.create_task(self._fan_out())
-            fanning = True
         handled = self._handled()
         handling = self._handling is not None
         if self._inbox_due and not handling:
@@ -276,6 +278,8 @@ class Worker:
             except BaseException:
                 self._unsent.extend(unsent)
                 raise
+        # What a fan-out leased is sent now, not after the claim below has come back.
+        self._start_queued(tasks, transport)
         # Claim ahead of free slots, so a finished request is followed at once by the next.
         room = self.concurrency + self.batch_size - len(tasks) - len(self._waiting)
         claims: list[outbox.Claim] = []
@@ -291,7 +295,10 @@ class Worker:
         # against 1,608 (bench/delivery.py's burst, the two alternated in one run). At
         # three quarters of a batch the queue ran dry during claims. An empty queue
         # claims whatever is due at once, so a lone event is not kept waiting.
-        if not recorded_behind and (room >= self.batch_size // 2 or not self._waiting):
+        # A fan-out that leases what it creates admits against the same lease counts as a
+        # claim would: two at once would each see room the other is filling.
+        holding = fanning and self._leases_at_fan_out
+        if not recorded_behind and not holding and (room >= self.batch_size // 2 or not self._waiting):
             claims = await self._call(
                 outbox.claim,
                 worker_id=self.worker_id,
@@ -306,13 +313,17 @@ class Worker:
                 ahead=self._depths(),
                 hold=sorted(+self._failing),
             )
-            for claim in claims:
-                self._leased.add(claim.delivery.id)
-                if self._failing[claim.delivery.endpoint_id] > 0:
-                    # Its endpoint failed while the claim was on its way: give it back.
-                    self._unsent.append(claim.delivery.id)
-                else:
-                    self._waiting.add(claim)
+            self._queue(claims)
+        room = self.concurrency + self.batch_size - len(tasks) - len(self._waiting)
+        lease_room = self._fan_out_room(room, recorded_behind) if self._fan_out_due and not fanning else None
+        if lease_room is not None:
+            # Due again when an event commits (NOTIFY), the poll interval passes, or this
+            # batch comes back full (more are waiting). Started after the claim, so it
+            # leases into the room the claim left.
+            self._fan_out_due = False
+            self._fan_out_asked = self._fan_out_pace(lease_room)
+            self._fanning = asyncio.create_task(self._fan_out(lease_room))
+            fanning = True
         self._start_queued(tasks, transport)
         self.stats.in_flight = len(tasks)
         if self.on_progress:
@@ -342,17 +353,85 @@ class Worker:
 
     @property
     def fan_out_limit(self) -> int:
-        """Events one fan-out round takes: the batch size, at least 100."""
+        """Events one fan-out round takes at most: the batch size, at least 100 (see _fan_out_pace)."""
         return max(self.batch_size, 100)
 
-    async def _fan_out(self) -> int:
+    def _fan_out_room(self, room: int, recorded_behind: bool) -> int | None:
+        """How many new deliveries a due fan-out may lease now; None while it waits for room first.
+
+        Like a claim, it leases once half a batch of room is open or the queue is empty:
+        leasing a few at a time costs a round's fixed statements for each few. It waits
+        while the queue is being sent, ``_FAN_OUT_PATIENCE`` at most: a queue that does
+        not drain (a slow endpoint's) then gets a fan-out that leases nothing, and other
+        workers can take its deliveries.
+        """
+        if not self._leases_at_fan_out or recorded_behind:
+            return 0
+        if room >= self.batch_size // 2 or not self._waiting:
+            self._room_since = None
+            return min(room, self.batch_size)
+        now = time.monotonic()
+        if self._room_since is None:
+            self._room_since = now
+        if now - self._room_since < _FAN_OUT_PATIENCE:
+            return None
+        self._room_since = None
+        return 0
+
+    def _fan_out_pace(self, lease_room: int) -> int:
+        """How many events the next fan-out takes: about as many as it may lease, when it leases.
+
+        A backlog waits in the event table, in order, rather than as unleased deliveries
+        that claims must then find and lease one by one: alternated in one run, pacing
+        cut PostgreSQL's CPU per delivery by a fifth (bench/delivery.py's burst). A floor
+        of a quarter batch keeps a nearly full queue from running one tiny fan-out after another.
+        """
+        if lease_room <= 0:
+            return self.fan_out_limit
+        return min(self.fan_out_limit, max(lease_room, self.batch_size // 4, 1))
+
+    async def _fan_out(self, room: int) -> int:
+        """Fan out a batch of events, leasing to this worker up to ``room`` of the new deliveries."""
+        leasing = None
+        if self._leases_at_fan_out and room > 0:
+            leasing = outbox.Leasing(
+                worker_id=self.worker_id,
+                lease=self.lease,
+                room=room,
+                breaker=self.breaker,
+                max_in_flight=hookpost_settings.MAX_IN_FLIGHT,
+                settled=sorted(self._settled),
+                queued=self._waiting.ids(),
+                ahead=self._depths(),
+                hold=sorted(+self._failing),
+            )
         try:
-            return await self._call(
-                outbox.fan_out, using=self.using, limit=self.fan_out_limit, executor=self._fanner
+            done = await self._call(
+                outbox.fan_out_and_lease,
+                using=self.using,
+                limit=self._fan_out_asked,
+                leasing=leasing,
+                executor=self._fanner,
             )
         finally:
             if self._wake is not None:
                 self._wake.set()
+        # Taken here, not when the round collects the task: a stopping worker collects no
+        # more rounds, and must still know these leases to release them.
+        self._queue(done.claims)
+        return done.events
+
+    def _queue(self, claims: list[outbox.Claim]) -> None:
+        """Take leased deliveries into the queue (a stopping worker only keeps them, to release)."""
+        for claim in claims:
+            self._leased.add(claim.delivery.id)
+            if self._stopping.is_set():
+                continue
+            if self._failing[claim.delivery.endpoint_id] > 0:
+                # Its endpoint failed while the claim was on its way: give it back.
+                self._unsent.append(claim.delivery.id)
+            else:
+                self._waiting.add(claim)
 
     def _fanned(self) -> int:
         """Collect a finished fan-out: the number of events it handled (its error, raised)."""
@@ -366,7 +445,7 @@ class Worker:
             self._fan_out_due = True
             raise
         self.stats.fanned_out += fanned
-        if fanned >= self.fan_out_limit:
+        if fanned >= self._fan_out_asked:
             self._fan_out_due = True
         return fanned
 
@@ -488,6 +567,8 @@ class Worker:
         timeout = self.poll_interval
         if self._results:
             timeout = min(timeout, 0.05)
+        if self._room_since is not None:
+            timeout = min(timeout, _FAN_OUT_PATIENCE)  # a fan-out waits for room, that long at most
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except TimeoutError:

@@ -11,7 +11,8 @@ Modes:
 
 - ``worker``: a real :class:`~hookpost.worker.Worker` (``lease``, ``concurrency``,
   ``batch_size``, ``poll_interval``, ``burst``, ``worker_id``), optionally frozen at a
-  *failpoint*: ``after_claim`` (the first non-empty claim has committed, nothing is sent) or
+  *failpoint*: ``after_lease`` (the first leases have committed, by a claim or a fan-out that
+  leases what it creates, and nothing is sent) or
   ``before_record`` (requests were answered, their outcomes are not written). At a failpoint
   the worker prints ``FAILPOINT <name> <delivery ids>`` and blocks that thread, so the test
   can look at the database and kill it with SIGKILL exactly there. Operational signals are
@@ -63,17 +64,26 @@ def install_failpoint(name: str) -> None:
 
     frozen = threading.Event()  # never set: the thread that reaches the failpoint stays there
 
-    if name == "after_claim":
-        real_claim = outbox.claim
+    if name == "after_lease":
+        real_claim, real_fan_out = outbox.claim, outbox.fan_out_and_lease
 
         def claim(**kwargs: Any) -> list[outbox.Claim]:
-            claims = real_claim(**kwargs)
+            return frozen_after(real_claim(**kwargs))
+
+        def fan_out_and_lease(**kwargs: Any) -> outbox.FannedOut:
+            done = real_fan_out(**kwargs)
+            frozen_after(done.claims)
+            return done
+
+        def frozen_after(claims: list[outbox.Claim]) -> list[outbox.Claim]:
+            # A worker leases one way at a time: with this thread frozen, no other leases.
             if claims:
-                say("FAILPOINT after_claim", *(c.delivery.id for c in claims))
+                say("FAILPOINT after_lease", *(c.delivery.id for c in claims))
                 frozen.wait()
             return claims
 
         outbox.claim = claim  # type: ignore[assignment]
+        outbox.fan_out_and_lease = fan_out_and_lease  # type: ignore[assignment]
     elif name == "before_record":
         real_record = outbox.record_results
 

@@ -95,15 +95,16 @@ def take_over(deliveries: int, **args: object) -> float:
 # --- crash points of a delivery -------------------------------------------------------------
 
 
-def test_a_worker_killed_after_its_claim_before_any_send_sends_everything_once(receiver):
+def test_a_worker_killed_after_leasing_before_any_send_sends_everything_once(receiver):
     secret = make_endpoint(receiver)
     events = size(20, 500)
     create_authors(events)
     with Child(
-        "worker", hookpost=DOOMED, args={"lease": LEASE, "worker_id": "doomed", "failpoint": "after_claim"}
+        "worker", hookpost=DOOMED, args={"lease": LEASE, "worker_id": "doomed", "failpoint": "after_lease"}
     ) as doomed:
         _, *claimed = doomed.wait_for_line("FAILPOINT")
-        # Frozen right after its claim committed: the deliveries are leased to it, none has gone out.
+        # Frozen right after its leases committed (a claim, or a fan-out leasing what it
+        # made): the deliveries are leased to it, none has gone out.
         in_flight = held_by("doomed")
         assert in_flight == {int(i) for i in claimed} and in_flight
         assert receiver.received() == []
