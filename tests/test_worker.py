@@ -290,29 +290,41 @@ def test_per_endpoint_in_flight_cap_holds(receiver):
     assert max(peak) <= 2
 
 
+def on_each_lease(monkeypatch: pytest.MonkeyPatch, seen: Callable[[str, list, dict], object]) -> None:
+    """Call ``seen(how, claims, kwargs)`` after each of the worker's leases from now on.
+
+    ``how`` is "claim", or "fan-out" (which leases what it makes on PostgreSQL, when asked to).
+    """
+    from hookpost import outbox
+
+    real_claim, real_fan_out = outbox.claim, outbox.fan_out_and_lease
+
+    def claim(**kwargs):
+        claims = real_claim(**kwargs)
+        seen("claim", claims, kwargs)
+        return claims
+
+    def fan_out_and_lease(**kwargs):
+        done = real_fan_out(**kwargs)
+        seen("fan-out", done.claims, kwargs)
+        return done
+
+    monkeypatch.setattr(outbox, "claim", claim)
+    monkeypatch.setattr(outbox, "fan_out_and_lease", fan_out_and_lease)
+
+
 def claim_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The number of deliveries each of the worker's leases takes from now on, in order (empty ones too).
 
     A lease is a claim, or (on PostgreSQL) a fan-out that leases what it makes.
     """
-    from hookpost import outbox
-
     sizes: list[int] = []
-    real_claim, real_fan_out = outbox.claim, outbox.fan_out_and_lease
 
-    def counted(**kwargs):
-        claims = real_claim(**kwargs)
-        sizes.append(len(claims))
-        return claims
+    def seen(how: str, claims: list, kwargs: dict) -> None:
+        if how == "claim" or kwargs.get("leasing") is not None:
+            sizes.append(len(claims))
 
-    def fan_out_counted(**kwargs):
-        done = real_fan_out(**kwargs)
-        if kwargs.get("leasing") is not None:
-            sizes.append(len(done.claims))
-        return done
-
-    monkeypatch.setattr(outbox, "claim", counted)
-    monkeypatch.setattr(outbox, "fan_out_and_lease", fan_out_counted)
+    on_each_lease(monkeypatch, seen)
     return sizes
 
 
@@ -640,23 +652,8 @@ def test_a_repeated_fan_out_neither_doubles_nor_skips_deliveries(receiver):
 
 def leased_by(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
     """The deliveries the worker leases from now on, by how: claimed, or born leased at fan-out."""
-    from hookpost import outbox
-
     leased: dict[str, list[int]] = {"claim": [], "fan-out": []}
-    real_claim, real_fan_out = outbox.claim, outbox.fan_out_and_lease
-
-    def claim(**kwargs):
-        claims = real_claim(**kwargs)
-        leased["claim"].extend(c.delivery.id for c in claims)
-        return claims
-
-    def fan_out_and_lease(**kwargs):
-        done = real_fan_out(**kwargs)
-        leased["fan-out"].extend(c.delivery.id for c in done.claims)
-        return done
-
-    monkeypatch.setattr(outbox, "claim", claim)
-    monkeypatch.setattr(outbox, "fan_out_and_lease", fan_out_and_lease)
+    on_each_lease(monkeypatch, lambda how, claims, _: leased[how].extend(c.delivery.id for c in claims))
     return leased
 
 

@@ -295,14 +295,14 @@ def fan_out_and_lease(
                 births = _Births(connection, now, rows, endpoints, leasing) if leasing else None
                 now_text = now.isoformat()
                 records = []
-                for index, (e, ep, seq, due) in enumerate(rows):
+                for e, ep, seq, due in rows:
                     record = {
                         "event_id": e,
                         "endpoint_id": ep,
                         "sequence": seq,
                         "due": now_text if due is now else due.isoformat(),
                     }
-                    if births is not None and index in births.admitted:
+                    if births is not None and (e, ep) in births.admitted:
                         record.update(births.lease_columns)
                     records.append(record)
                 cursor.execute(sql.insert_and_mark, [stamp, json.dumps(records), stamp, json.dumps(ids)])
@@ -360,9 +360,9 @@ class _Births:
         candidates = [
             (index, row[1]) for index, row in enumerate(rows) if row[1] in eligible and row[3] is now
         ]
-        self.admitted: dict[int, tuple[Endpoint, dt.datetime | None]] = {}
+        # Per (event id, endpoint id) born leased: the endpoint, and the send slot if rate-limited.
+        self.admitted: dict[tuple[str, int], tuple[Endpoint, dt.datetime | None]] = {}
         self.others: dict[int, int] = {}
-        self._by_pair: dict[tuple[str, int], int] = {}
         if not candidates:
             return
         claim_sql = _statements(_ClaimSQL, connection)
@@ -384,9 +384,8 @@ class _Births:
             leasing.room,
             leasing.lease,
         )
-        self.admitted = {index: (endpoint, send_at) for index, endpoint, send_at, _ in picked}
-        self._by_pair = {
-            (rows[index][0], endpoint.id): index for index, (endpoint, _) in self.admitted.items()
+        self.admitted = {
+            (rows[index][0], endpoint.id): (endpoint, send_at) for index, endpoint, send_at, _ in picked
         }
 
     def claims(self, born: list[tuple[int, str, int]], batch: list[tuple[Any, ...]]) -> list[Claim]:
@@ -395,13 +394,13 @@ class _Births:
         worker_id, max_in_flight = self.leasing.worker_id, self.leasing.max_in_flight
         claims = []
         for delivery_id, event_id, endpoint_id in sorted(born):
-            endpoint, send_at = self.admitted[self._by_pair[event_id, endpoint_id]]
+            endpoint, send_at = self.admitted[event_id, endpoint_id]
             event_type, payload = events[event_id]
             event = _loaded(Event, self.using, id=event_id, type=event_type, payload=payload)
             leased = Leased(
                 delivery_id, event_id, endpoint_id, 0, None, worker_id, self.expires, event, endpoint
             )
-            allowance = max(_cap(endpoint, max_in_flight) - self.others.get(endpoint_id, 0), 1)
+            allowance = _allowance(endpoint, max_in_flight, self.others)
             claims.append(Claim(delivery=leased, send_at=send_at, allowance=allowance))
         return claims
 
@@ -628,7 +627,7 @@ def claim(
         leased = Leased(
             delivery_id, event_id, endpoint.id, attempts, sequence, worker_id, expires, event, endpoint
         )
-        allowance = 1 if probe else max(_cap(endpoint, max_in_flight) - leases.others.get(endpoint.id, 0), 1)
+        allowance = 1 if probe else _allowance(endpoint, max_in_flight, leases.others)
         claims.append(Claim(delivery=leased, send_at=send_at, probe=probe, allowance=allowance))
     return claims
 
@@ -904,6 +903,11 @@ def _admit(
 def _cap(endpoint: Endpoint, max_in_flight: int) -> int:
     """How many of ``endpoint``'s requests may be in flight at once, across all workers."""
     return 1 if endpoint.fifo else (endpoint.max_in_flight or max_in_flight)
+
+
+def _allowance(endpoint: Endpoint, max_in_flight: int, others: Mapping[int, int]) -> int:
+    """How many of ``endpoint``'s requests a worker may send at once: its cap less other workers' leases."""
+    return max(_cap(endpoint, max_in_flight) - others.get(endpoint.id, 0), 1)
 
 
 def _fifo_heads(using: str, endpoints: list[Endpoint]) -> dict[int, int]:

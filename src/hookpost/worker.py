@@ -301,17 +301,10 @@ class Worker:
         if not recorded_behind and not holding and (room >= self.batch_size // 2 or not self._waiting):
             claims = await self._call(
                 outbox.claim,
-                worker_id=self.worker_id,
                 limit=min(room, self.batch_size),
-                lease=self.lease,
                 using=self.using,
-                breaker=self.breaker,
-                max_in_flight=hookpost_settings.MAX_IN_FLIGHT,
-                settled=sorted(self._settled),
-                queued=self._waiting.ids(),
                 claim_ahead=True,
-                ahead=self._depths(),
-                hold=sorted(+self._failing),
+                **self._lease_terms(),
             )
             self._queue(claims)
         room = self.concurrency + self.batch_size - len(tasks) - len(self._waiting)
@@ -396,17 +389,7 @@ class Worker:
         """Fan out a batch of events, leasing to this worker up to ``room`` of the new deliveries."""
         leasing = None
         if self._leases_at_fan_out and room > 0:
-            leasing = outbox.Leasing(
-                worker_id=self.worker_id,
-                lease=self.lease,
-                room=room,
-                breaker=self.breaker,
-                max_in_flight=hookpost_settings.MAX_IN_FLIGHT,
-                settled=sorted(self._settled),
-                queued=self._waiting.ids(),
-                ahead=self._depths(),
-                hold=sorted(+self._failing),
-            )
+            leasing = outbox.Leasing(room=room, **self._lease_terms())
         try:
             done = await self._call(
                 outbox.fan_out_and_lease,
@@ -422,6 +405,19 @@ class Worker:
         # more rounds, and must still know these leases to release them.
         self._queue(done.claims)
         return done.events
+
+    def _lease_terms(self) -> dict[str, Any]:
+        """The terms a claim and a leasing fan-out both lease within: this worker's state now."""
+        return {
+            "worker_id": self.worker_id,
+            "lease": self.lease,
+            "breaker": self.breaker,
+            "max_in_flight": hookpost_settings.MAX_IN_FLIGHT,
+            "settled": sorted(self._settled),
+            "queued": self._waiting.ids(),
+            "ahead": self._depths(),
+            "hold": sorted(+self._failing),
+        }
 
     def _queue(self, claims: list[outbox.Claim]) -> None:
         """Take leased deliveries into the queue (a stopping worker only keeps them, to release)."""
