@@ -77,6 +77,7 @@ bench: $(VENV)/.installed services
 	$(PY) bench/delivery.py
 	$(PY) bench/receiver.py
 	$(PY) bench/claim.py
+	$(PY) bench/record.py
 
 format: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .

@@ -228,6 +228,45 @@ def test_a_late_result_never_moves_a_finished_delivery_back(path):
     assert Attempt.objects.filter(delivery=delivery).count() == 1
 
 
+def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of an ``EXPLAIN (FORMAT JSON)`` plan, depth first."""
+    return [plan, *(node for child in plan.get("Plans", ()) for node in plan_nodes(child))]
+
+
+@pytest.mark.skipif(not ON_POSTGRESQL, reason="the one-statement path is PostgreSQL's")
+def test_recording_finds_each_delivery_by_its_key_when_statistics_predate_the_backlog():
+    # Statistics taken while every delivery was finished, then a backlog: the statement
+    # once read rows and compared each with every result, quadratic in the batch.
+    Endpoint.objects.create(url="http://127.0.0.1:9/hooks", event_types=["*"], max_in_flight=5000)
+    outbox.record_events("default", [outbox.EventDraft(f"a.b{i}", "{}", NOW) for i in range(3000)])
+    while outbox.fan_out(limit=1000):
+        pass
+    table = Delivery._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {table} SET status = 'delivered', attempt_count = 1")
+        cursor.execute(f"ANALYZE {table}")
+    backlog = Delivery.objects.order_by("-id")[:1500]
+    Delivery.objects.filter(id__in=list(backlog.values_list("id", flat=True))).update(
+        status=Delivery.Status.PENDING, attempt_count=0
+    )
+    claims = outbox.claim(worker_id="w", limit=200, lease=LEASE, claim_ahead=True)
+    assert len(claims) == 200
+    results = [
+        dataclasses.replace(r, decision=Decision(Verdict.DELIVERED, None, "")) for r in results_for(claims)
+    ]
+    with CaptureQueriesContext(connection) as queries:
+        outbox.record_results(results, now=NOW)
+    [statement] = [q["sql"] for q in queries if q["sql"].startswith("WITH r AS")]
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (FORMAT JSON) {statement}")
+        [[plan]] = cursor.fetchone()
+    nodes = plan_nodes(plan["Plan"])
+    assert [n for n in nodes if "Join Filter" in n] == []
+    indexes = {n["Index Name"] for n in nodes if n.get("Relation Name") == table and "Index Name" in n}
+    assert indexes <= {f"{table}_pkey"}
+    assert Delivery.objects.filter(id__in=[c.delivery.id for c in claims], status="delivered").count() == 200
+
+
 def failures(claims: list[outbox.Claim], *, probe: bool, step: int = 1) -> list[outbox.AttemptResult]:
     """A refused request per claim, started ``step`` seconds apart from NOW."""
     [template] = results_for(claims[:1])
