@@ -381,6 +381,7 @@ class Run:
     database_cpu: float = 0.0  # worker only: CPU seconds of the PostgreSQL backends
     threads: dict[str, float] | None = None  # worker only: CPU seconds by thread
     slots: SlotUse | None = None  # worker only: how full its send slots were
+    loop_waited: float = 0.0  # worker only: seconds its event loop waited for a CPU
 
     @property
     def rate(self) -> float:
@@ -486,25 +487,29 @@ def db_summary(calls: list[DbCall], seconds: float, window: tuple[float, float] 
 
 
 class ThreadCpu(_Sampler):
-    """CPU seconds each thread of a process (:meth:`of`) uses while the block runs (Linux ``/proc``).
+    """CPU seconds each thread of a process (:meth:`of`) uses while the block runs, and its waits for a CPU.
 
     Read from outside the worker's process: reading every thread's ``/proc`` file
     from a thread inside it every 10 ms cost that process 43 µs of CPU per delivery
     (7% of its time, and its GIL), which the bare client never paid. A thread's time
     can only be read while it lives and the database threads end with ``run()``, so
     each thread's last reading is kept. Threads are told apart by their native ids;
-    :meth:`by_name` names them.
+    :meth:`by_name` names them. Linux's ``schedstat`` gives both the time on a CPU and
+    the time spent runnable but waiting for one (the CPUs busy with other work).
     """
 
     def __init__(self) -> None:
         super().__init__("bench-thread-cpu")
         self.task_dir = Path("/proc/self/task")
-        self._first: dict[int, float] = {}
-        self._last: dict[int, float] = {}
+        self.pid = os.getpid()
+        # Per thread: (seconds on a CPU, seconds waiting for one).
+        self._first: dict[int, tuple[float, float]] = {}
+        self._last: dict[int, tuple[float, float]] = {}
 
     def of(self, pid: int) -> Self:
         """Watch process ``pid``'s threads (for :func:`run_in_child`'s ``watch``)."""
         self.task_dir = Path(f"/proc/{pid}/task")
+        self.pid = pid
         return self
 
     def _begin(self) -> None:
@@ -516,18 +521,25 @@ class ThreadCpu(_Sampler):
     def _sample(self) -> None:
         with contextlib.suppress(OSError):  # the process has ended
             for task in self.task_dir.iterdir():
-                with contextlib.suppress(OSError):  # the thread has ended
-                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                    self._last[int(task.name)] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+                with contextlib.suppress(OSError, ValueError):  # the thread has ended
+                    on_cpu, waiting, _ = (task / "schedstat").read_text().split()
+                    self._last[int(task.name)] = (int(on_cpu) / 1e9, int(waiting) / 1e9)
+
+    def _spent(self, tid: int, which: int) -> float:
+        return self._last.get(tid, (0.0, 0.0))[which] - self._first.get(tid, (0.0, 0.0))[which]
 
     def by_name(self, names: dict[int, str]) -> dict[str, float]:
         """Seconds per thread name, from the process's ``{native id: name}`` (unnamed threads left out)."""
         seconds: dict[str, float] = {}
-        for tid, cpu in self._last.items():
+        for tid in self._last:
             name = names.get(tid)
             if name is not None:
-                seconds[name] = seconds.get(name, 0.0) + cpu - self._first.get(tid, 0.0)
+                seconds[name] = seconds.get(name, 0.0) + self._spent(tid, 0)
         return seconds
+
+    def main_waited(self) -> float:
+        """Seconds the process's main thread (the worker's event loop) was runnable but had no CPU."""
+        return self._spent(self.pid, 1)
 
 
 def thread_names(worker: Any) -> dict[int, str]:
@@ -542,9 +554,6 @@ def thread_names(worker: Any) -> dict[int, str]:
                 # Thread pools number their threads (hookpost-db_0): the pool is the name.
                 names[thread.native_id] = thread.name.rsplit("_", 1)[0]
     return names
-
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class SlotUse(NamedTuple):
@@ -717,6 +726,7 @@ def run_hookpost(
         measured.database_cpu,
         threads,
         result["slots"],
+        thread_cpu.main_waited(),
     )
 
 
@@ -1009,6 +1019,12 @@ def print_cpu_budget(hookpost_runs: list[Run], bare_runs: list[Run], bare_rate: 
     split = worker_threads_us(hookpost_runs)
     if split:
         print("    the worker's: " + ", ".join(f"{role} {us:.0f} µs" for role, us in split))
+    waited = statistics.median(r.loop_waited / r.seconds for r in hookpost_runs)
+    if waited:
+        print(
+            f"    its event loop waited for a CPU {waited:.0%} of the run: runnable, while PostgreSQL, "
+            "the receiver and its own database threads had the CPUs"
+        )
     print(
         f"  CPU per bare request: client {client:.0f} µs + receiver {bare_receiver:.0f} µs "
         f"= {client + bare_receiver:.0f} µs"
