@@ -1,7 +1,8 @@
-"""PostgreSQL helpers the benchmarks share: connection parameters and creating their database."""
+"""PostgreSQL helpers the benchmarks share: connection parameters, their database, an outbox to start from."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
 from typing import Any
@@ -68,3 +69,30 @@ def configure_hookpost(dbname: str) -> None:
         LOGGING_CONFIG=None,
     )
     django.setup()
+
+
+def empty_outbox() -> None:
+    """Migrate the configured database and empty hookpost's tables."""
+    from django.core.management import call_command
+    from django.db import connection
+
+    from hookpost.models import Attempt, Delivery, Endpoint, Event
+
+    call_command("migrate", verbosity=0, interactive=False)
+    tables = ", ".join(m._meta.db_table for m in (Attempt, Delivery, Event, Endpoint))
+    with connection.cursor() as cursor:
+        cursor.execute(f"TRUNCATE {tables} CASCADE")
+
+
+def fanned_out_events(type_prefix: str, count: int, occurred_at: dt.datetime) -> None:
+    """Commit ``count`` events typed ``<type_prefix>.e<n>`` and fan them out, 5,000 at a time."""
+    from hookpost import outbox
+
+    for start in range(0, count, 5000):
+        drafts = [
+            outbox.EventDraft(f"{type_prefix}.e{start + i}", "{}", occurred_at)
+            for i in range(min(5000, count - start))
+        ]
+        outbox.record_events("default", drafts)
+    while outbox.fan_out(limit=5000):
+        pass

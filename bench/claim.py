@@ -21,7 +21,7 @@ for _path in (ROOT / "src", ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from _postgres import configure_hookpost, ensure_database  # noqa: E402
+from _postgres import configure_hookpost, empty_outbox, ensure_database, fanned_out_events  # noqa: E402
 
 BENCH_DB = "hookpost_bench_claim"
 LEASE = dt.timedelta(seconds=60)
@@ -29,31 +29,17 @@ LEASE = dt.timedelta(seconds=60)
 
 def seed(held: int, due: int) -> Any:
     """A healthy endpoint with ``due`` deliveries and a dead one with ``held``; returns the dead one."""
-    from django.core.management import call_command
-    from django.db import connection
     from django.utils import timezone
 
-    from hookpost import outbox
-    from hookpost.models import Attempt, Delivery, Endpoint, Event
+    from hookpost.models import Endpoint
 
-    call_command("migrate", verbosity=0, interactive=False)
-    tables = ", ".join(m._meta.db_table for m in (Attempt, Delivery, Event, Endpoint))
-    with connection.cursor() as cursor:
-        cursor.execute(f"TRUNCATE {tables} CASCADE")
+    empty_outbox()
     dead = Endpoint.objects.create(url="http://127.0.0.1:9/dead", event_types=["dead.*"], max_in_flight=10)
     Endpoint.objects.create(url="http://127.0.0.1:9/ok", event_types=["ok.*"], max_in_flight=10_000)
     # The dead endpoint's backlog is older than the healthy one's: it sits at the head of the queue.
     then = timezone.now() - dt.timedelta(minutes=5)
-    for start in range(0, held, 5000):
-        count = min(5000, held - start)
-        outbox.record_events(
-            "default", [outbox.EventDraft(f"dead.e{start + i}", "{}", then) for i in range(count)]
-        )
-    while outbox.fan_out(limit=5000):
-        pass
-    outbox.record_events("default", [outbox.EventDraft(f"ok.e{i}", "{}", then) for i in range(due)])
-    while outbox.fan_out(limit=5000):
-        pass
+    fanned_out_events("dead", held, then)
+    fanned_out_events("ok", due, then)
     return dead
 
 

@@ -521,7 +521,8 @@ class ThreadCpu(_Sampler):
     def _sample(self) -> None:
         with contextlib.suppress(OSError):  # the process has ended
             for task in self.task_dir.iterdir():
-                with contextlib.suppress(OSError, ValueError):  # the thread has ended
+                # OSError: the thread has ended; ValueError: its file was read cut short.
+                with contextlib.suppress(OSError, ValueError):
                     on_cpu, waiting, _ = (task / "schedstat").read_text().split()
                     self._last[int(task.name)] = (int(on_cpu) / 1e9, int(waiting) / 1e9)
 

@@ -26,7 +26,7 @@ for _path in (ROOT / "src", ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from _postgres import configure_hookpost, ensure_database  # noqa: E402
+from _postgres import configure_hookpost, empty_outbox, ensure_database, fanned_out_events  # noqa: E402
 
 BENCH_DB = "hookpost_bench_record"
 BATCH_SIZES = (25, 100, 400)
@@ -34,25 +34,14 @@ BATCH_SIZES = (25, 100, 400)
 
 def seed(deliveries: int, pending: int) -> list[int]:
     """``deliveries`` finished and analyzed; then the newest ``pending`` leased again. Their ids."""
-    from django.core.management import call_command
     from django.db import connection
     from django.utils import timezone
 
-    from hookpost import outbox
-    from hookpost.models import Attempt, Delivery, Endpoint, Event
+    from hookpost.models import Delivery, Endpoint
 
-    call_command("migrate", verbosity=0, interactive=False)
-    tables = ", ".join(m._meta.db_table for m in (Attempt, Delivery, Event, Endpoint))
-    with connection.cursor() as cursor:
-        cursor.execute(f"TRUNCATE {tables} CASCADE")
+    empty_outbox()
     Endpoint.objects.create(url="http://127.0.0.1:9/hooks", event_types=["*"], max_in_flight=deliveries)
-    then = timezone.now() - dt.timedelta(hours=1)
-    for start in range(0, deliveries, 5000):
-        count = min(5000, deliveries - start)
-        drafts = [outbox.EventDraft(f"a.e{start + i}", "{}", then) for i in range(count)]
-        outbox.record_events("default", drafts)
-    while outbox.fan_out(limit=5000):
-        pass
+    fanned_out_events("a", deliveries, timezone.now() - dt.timedelta(hours=1))
     table = Delivery._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(f"UPDATE {table} SET status = 'delivered', attempt_count = 1, finished_at = now()")

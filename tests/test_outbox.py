@@ -246,11 +246,9 @@ def test_recording_finds_each_delivery_by_its_key_when_statistics_predate_the_ba
     with connection.cursor() as cursor:
         cursor.execute(f"UPDATE {table} SET status = 'delivered', attempt_count = 1")
         cursor.execute(f"ANALYZE {table}")
-    backlog = Delivery.objects.order_by("-id")[:1500]
-    Delivery.objects.filter(id__in=list(backlog.values_list("id", flat=True))).update(
-        status=Delivery.Status.PENDING, attempt_count=0
-    )
-    claims = outbox.claim(worker_id="w", limit=200, lease=LEASE, claim_ahead=True)
+    backlog = list(Delivery.objects.order_by("-id").values_list("id", flat=True)[:1500])
+    Delivery.objects.filter(id__in=backlog).update(status=Delivery.Status.PENDING, attempt_count=0)
+    claims = outbox.claim(worker_id="w", limit=200, lease=LEASE)
     assert len(claims) == 200
     results = [
         dataclasses.replace(r, decision=Decision(Verdict.DELIVERED, None, "")) for r in results_for(claims)
